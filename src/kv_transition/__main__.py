@@ -1,0 +1,3 @@
+from kv_transition.cli import main
+
+main()

@@ -1,0 +1,42 @@
+"""Token counting with the model's own tokenizer, so bins mean what the model sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from kv_transition.data import prompt as prompt_tpl
+from kv_transition.data.normalize import Example
+from kv_transition.errors import BadInput
+from kv_transition.settings import Settings
+
+
+def load_counter(settings: Settings, models_root: Path) -> tuple[Callable[[str], int], str]:
+    """Return (count_tokens, tokenizer id). The id goes into the manifest hash."""
+    source = settings.model.tokenizer
+    if source is None and settings.engine.kind == "hf":
+        from kv_transition.engines.hf import resolve_model_path
+
+        source = resolve_model_path(settings.model.name, models_root)
+    if source is None:
+        # an HTTP model with no local tokenizer: count words, and say so in the manifest
+        return (lambda text: len(text.split())), "whitespace-words"
+    tok = _load_tokenizer(source)
+    return (lambda text: len(tok(text, add_special_tokens=False).input_ids)), \
+        f"{source}|{tok.__class__.__name__}|{len(tok)}"
+
+
+def _load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    local = Path(source).expanduser().exists()
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=not local)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"model.tokenizer / model.name {source!r}: cannot load a tokenizer offline "
+                       f"({exc.__class__.__name__}); give a local directory") from None
+
+
+def prompt_tokens(example: Example, count: Callable[[str], int]) -> int:
+    """Length of the whole prompt the model reads, which is what a bin is about."""
+    return count(prompt_tpl.full_prompt(example.context, example.question, example.answer_prefix))

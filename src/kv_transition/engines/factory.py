@@ -1,0 +1,24 @@
+"""Build the engine a config names; BadInput surfaces here, before any run row is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kv_transition.settings import Settings
+
+
+def make_engine(settings: Settings, models_root: Path, grid: list[tuple[str, float]]):
+    if settings.engine.kind == "hf":
+        from kv_transition.engines.hf import HFEngine
+
+        return HFEngine(settings.model, settings.kv.press, models_root)
+    from kv_transition.data.tokenizer import _load_tokenizer
+    from kv_transition.engines.endpoints import resolve_base_url
+    from kv_transition.engines.openai_compat import OpenAIEngine
+
+    for policy, budget in grid:  # every setting must have somewhere to go
+        resolve_base_url(settings.engine, policy, budget)
+    tok = _load_tokenizer(settings.model.tokenizer) if settings.model.tokenizer else None
+    engine = OpenAIEngine(settings, tokenizer=tok)
+    engine.check_reachable()
+    return engine

@@ -1,0 +1,329 @@
+"""The in-process transformers engine: it applies the KV policy itself.
+
+A request is three separable steps, so a later sweep can reuse one prefill for many budgets:
+``prefill`` (context through the model under the kvpress press, which compresses each layer's
+cache as the layer finishes), ``extend`` (the question after compression, when not query-aware)
+and ``decode`` (greedy or seeded sampling from the compressed cache).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kv_transition.data import prompt as prompt_tpl
+from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
+from kv_transition.engines.builtin import is_builtin, resolve_builtin
+from kv_transition.errors import BadInput
+from kv_transition.kv.registry import make_press, policy_spec
+from kv_transition.settings import ModelConfig, PressConfig
+
+
+@dataclass
+class PrefillState:
+    """A cache after prompt processing, with the logits that choose the first token."""
+
+    cache: Any
+    next_logits: torch.Tensor
+    n_positions: int  # positions consumed so far (not the compressed cache length)
+    kv_bytes: int = 0
+    kv_bytes_uncompressed: int = 0
+    seconds: float = 0.0
+    seconds_to_first: float = 0.0
+    applied: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_bytes(cache: Any) -> tuple[int, int]:
+    """(bytes held, tokens held in the longest layer), summed from the real tensors."""
+    total, longest = 0, 0
+    for layer in getattr(cache, "layers", []):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or not isinstance(keys, torch.Tensor) or keys.numel() == 0:
+            continue
+        total += keys.nbytes + values.nbytes
+        longest = max(longest, keys.shape[-2])
+    return total, longest
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"model.device {name!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def resolve_model_path(name: str, models_root: Path) -> str:
+    if is_builtin(name):
+        return str(resolve_builtin(name, models_root))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise BadInput(f"model.name {name!r}: directory has no config.json; point it at a "
+                           "transformers checkpoint saved with save_pretrained")
+        return str(path)
+    return name  # maybe a hub id in the local cache; checked when loading (offline)
+
+
+class HFEngine:
+    name = "hf"
+
+    def __init__(self, model_cfg: ModelConfig, press_cfg: PressConfig, models_root: Path):
+        self.model_cfg = model_cfg
+        self.press_options = press_cfg.model_dump()
+        self.device = _resolve_device(model_cfg.device)
+        self.dtype = _resolve_dtype(model_cfg.dtype, self.device)
+        self.path = resolve_model_path(model_cfg.name, models_root)
+        self.attn = model_cfg.attn_implementation or "sdpa"
+        self.model, self.tokenizer = self._load(self.attn)
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.use_chat = self._wants_chat_template()
+        self.eos_ids = self._eos_ids()
+
+    # -- loading -------------------------------------------------------------------------
+    def _load(self, attn: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the runner draws its own progress bar
+
+        local_only = not Path(self.path).exists()
+        try:
+            tok = AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=self.dtype, attn_implementation=attn, local_files_only=local_only)
+        except (OSError, ValueError) as exc:
+            raise BadInput(
+                f"model.name {self.model_cfg.name!r}: cannot load it offline ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0]}). Give a local checkpoint directory or "
+                "'builtin:tiny-random'.") from None
+        model.to(self.device).eval()
+        return model, tok
+
+    def _attention_for(self, policy: str) -> None:
+        """H2O needs the attention weights, which only the eager implementation returns."""
+        wanted = "eager" if policy_spec(policy).needs_attention_weights else self.attn
+        if self.model.config._attn_implementation != wanted:
+            self.model.set_attn_implementation(wanted)
+
+    def _wants_chat_template(self) -> bool:
+        has = bool(getattr(self.tokenizer, "chat_template", None))
+        if self.model_cfg.chat_template == "on" and not has:
+            raise BadInput(f"model.chat_template 'on': the tokenizer of {self.model_cfg.name!r} has none")
+        return has if self.model_cfg.chat_template == "auto" else self.model_cfg.chat_template == "on"
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    # -- prompt ----------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def prompt_texts(self, req: GenerationRequest) -> tuple[str, str]:
+        """(context text, question text); the boundary is where compression stops."""
+        context = prompt_tpl.context_part(req.context)
+        question = prompt_tpl.question_part(req.question)
+        if not self.use_chat:
+            return context, prompt_tpl.question_part(req.question, req.answer_prefix)
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": context + question}], tokenize=False,
+            add_generation_prompt=True)
+        split = rendered.rfind(question)
+        prefix = f" {req.answer_prefix}" if req.answer_prefix else ""
+        return rendered[:split], rendered[split:] + prefix
+
+    def encode(self, req: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        context, question = self.prompt_texts(req)
+        # special tokens (BOS) once, at the start; the chat template already carries them
+        ctx = self.tokenizer(context, add_special_tokens=not self.use_chat).input_ids
+        q = self.tokenizer(question, add_special_tokens=False).input_ids
+        as_tensor = lambda ids: torch.tensor([ids], dtype=torch.long, device=self.device)  # noqa: E731
+        return as_tensor(ctx), as_tensor(q)
+
+    # -- the three steps -----------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor, policy: str, budget: float) -> PrefillState:
+        """Run ``ids`` through the model under the policy's press; the cache comes back compressed."""
+        from contextlib import nullcontext
+
+        from transformers import DynamicCache
+
+        press, applied = make_press(policy, budget, ids.shape[1], self.press_options)
+        cache = DynamicCache()
+        start = self._now()
+        with press(self.model) if press is not None else nullcontext():
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        seconds = self._now() - start
+        state = PrefillState(cache, out.logits[0, -1], ids.shape[1], seconds=seconds, applied=applied)
+        state.kv_bytes = cache_bytes(cache)[0]
+        state.kv_bytes_uncompressed = self._full_bytes(state)
+        return state
+
+    @torch.inference_mode()
+    def extend(self, state: PrefillState, ids: torch.Tensor) -> None:
+        """Feed more prompt tokens (the question) after compression, uncompressed."""
+        if ids.shape[1] == 0:
+            return
+        if _uneven_layers(state.cache):
+            # Per-layer budgets (PyramidKV) leave layers of different lengths; a multi-token
+            # forward builds one causal mask for all layers and breaks, one token at a time
+            # needs no mask and gives the same result.
+            for token in ids[0].tolist():
+                state.next_logits = self._step(state, token)
+            return
+        positions = torch.arange(state.n_positions, state.n_positions + ids.shape[1],
+                                 device=self.device).unsqueeze(0)
+        out = self.model(input_ids=ids, past_key_values=state.cache, position_ids=positions,
+                         use_cache=True, logits_to_keep=1)
+        state.next_logits = out.logits[0, -1]
+        state.n_positions += ids.shape[1]
+
+    @torch.inference_mode()
+    def decode(self, state: PrefillState, max_tokens: int, temperature: float, seed: int):
+        """Generate up to ``max_tokens``; returns (token ids, finish reason, seconds per token)."""
+        gen = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
+        tokens: list[int] = []
+        step_times: list[float] = []
+        logits = state.next_logits
+        for _ in range(max_tokens):
+            start = self._now()
+            token = self._choose(logits, temperature, gen)
+            tokens.append(token)
+            if token in self.eos_ids:
+                step_times.append(self._now() - start)
+                return tokens, "stop", step_times
+            if len(tokens) < max_tokens:
+                logits = self._step(state, token)
+            step_times.append(self._now() - start)
+        return tokens, "length", step_times
+
+    def _step(self, state: PrefillState, token: int) -> torch.Tensor:
+        ids = torch.tensor([[token]], device=self.device)
+        pos = torch.tensor([[state.n_positions]], device=self.device)
+        out = self.model(input_ids=ids, past_key_values=state.cache, position_ids=pos, use_cache=True)
+        state.n_positions += 1
+        return out.logits[0, -1]
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, temperature: float, gen) -> int:
+        if temperature <= 0:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=gen).item())
+
+    def warmup(self, policy: str, budget: float) -> None:
+        """One untimed request, so the first timed one does not pay for lazy init and caches."""
+        filler = " ".join(["the"] * 256)
+        try:
+            self.generate(GenerationRequest(context=filler, question="the", max_tokens=2,
+                                            policy=policy, budget=budget))
+        except EngineError:
+            pass  # the real requests will record whatever is wrong
+
+    # -- one request ----------------------------------------------------------------------
+    def generate(self, req: GenerationRequest) -> GenerationResult:
+        ctx_ids, q_ids = self.encode(req)
+        n_prompt = ctx_ids.shape[1] + q_ids.shape[1]
+        if self.max_positions and n_prompt + req.max_tokens > self.max_positions:
+            raise EngineError(f"prompt of {n_prompt} tokens + {req.max_tokens} new tokens exceeds "
+                              f"the model's {self.max_positions} positions", transient=False)
+        self._attention_for(req.policy)
+        self._reset_peak()
+        start = self._now()
+        try:
+            state, tokens, finish, steps = self._run(req, ctx_ids, q_ids)
+        except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
+            # a press that cannot handle this input, or out of memory: a failure of this request
+            raise EngineError(f"{req.policy}@{req.budget}: {exc.__class__.__name__}: {exc}",
+                              transient=False) from exc
+        latency = self._now() - start
+        text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids],
+                                     skip_special_tokens=True).strip()
+        peak, scope = self._peak_mb()
+        ttfb = state.seconds_to_first
+        return GenerationResult(
+            text=text, finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=len(tokens),
+            latency_s=latency, ttfb_s=ttfb, prefill_s=state.seconds, decode_s=latency - ttfb,
+            peak_mem_mb=peak, kv_bytes=state.kv_bytes,
+            raw={"token_ids": tokens, "applied": state.applied},
+            notes={"peak_mem_scope": scope, "device": str(self.device), "dtype": str(self.dtype),
+                   "context_tokens": int(ctx_ids.shape[1]), "question_tokens": int(q_ids.shape[1]),
+                   "kv_bytes_uncompressed": state.kv_bytes_uncompressed,
+                   "kv_ratio": (state.kv_bytes / state.kv_bytes_uncompressed
+                                if state.kv_bytes_uncompressed else None),
+                   "decode_s_per_token_median": _median(steps[1:]),
+                   "chat_template": self.use_chat, "query_aware": req.query_aware})
+
+    def _run(self, req: GenerationRequest, ctx_ids: torch.Tensor, q_ids: torch.Tensor):
+        start = self._now()
+        if req.query_aware:
+            state = self.prefill(torch.cat([ctx_ids, q_ids], dim=1), req.policy, req.budget)
+        else:
+            state = self.prefill(ctx_ids, req.policy, req.budget)
+            self.extend(state, q_ids)
+        state.seconds = self._now() - start  # all prompt processing, compression included
+        # what decoding attends to: the compressed context plus the uncompressed question
+        state.kv_bytes = cache_bytes(state.cache)[0]
+        state.kv_bytes_uncompressed = self._full_bytes(state)
+        tokens, finish, steps = self.decode(state, req.max_tokens, req.temperature, req.seed)
+        state.seconds_to_first = state.seconds + (steps[0] if steps else 0.0)
+        return state, tokens, finish, steps
+
+    def _full_bytes(self, state: PrefillState) -> int:
+        """What the uncompressed cache would hold for the prefilled positions."""
+        cfg = self.model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        elem = torch.finfo(self.dtype).bits // 8
+        prefilled = state.n_positions  # before decoding: context (+ question)
+        return 2 * cfg.num_hidden_layers * heads * head_dim * elem * prefilled
+
+    # -- measurement -----------------------------------------------------------------------
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _peak_mb(self) -> tuple[float, str]:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20, "request"
+        # Linux reports ru_maxrss in KiB; no per-request peak exists on CPU
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process"
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _uneven_layers(cache: Any) -> bool:
+    lengths = {layer.keys.shape[-2] for layer in getattr(cache, "layers", [])
+               if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()}
+    return len(lengths) > 1
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

@@ -1,0 +1,143 @@
+"""The six phases. Each opens the experiment database, does its part, and can be rerun alone."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kv_transition import paths
+from kv_transition.db.connect import connect, transaction
+from kv_transition.errors import BadInput
+from kv_transition.settings import Settings
+
+
+@dataclass
+class Experiment:
+    settings: Settings
+    root: Path
+
+    @property
+    def exp_id(self) -> str:
+        return self.settings.output.exp_group_id
+
+    @property
+    def db_path(self) -> Path:
+        return paths.db_path(self.root, self.exp_id, self.settings.db.path)
+
+    @property
+    def run_dir(self) -> Path:
+        return paths.run_dir(self.root, self.exp_id)
+
+    def connect(self, must_exist: bool = False) -> sqlite3.Connection:
+        if must_exist and not self.db_path.is_file():
+            raise BadInput(f"{self.db_path}: no experiment database yet; run `prepare` first")
+        return connect(self.db_path)
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def record_experiment(conn: sqlite3.Connection, exp: Experiment) -> None:
+    """Store the validated config (never the environment) and the code version."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO experiments(exp_group_id, created_at, config_yaml, git_hash) "
+            "VALUES (?,?,?,?) ON CONFLICT(exp_group_id) DO UPDATE SET "
+            "config_yaml=excluded.config_yaml, git_hash=excluded.git_hash",
+            (exp.exp_id, datetime.now(timezone.utc).isoformat(),
+             exp.settings.snapshot_yaml(), _git_hash()))
+
+
+def current_dataset(conn: sqlite3.Connection, exp: Experiment) -> str:
+    """The experiment's one dataset; a phase after prepare needs it."""
+    rows = [r[0] for r in conn.execute("SELECT dataset_id FROM datasets")]
+    if not rows:
+        raise BadInput(f"{exp.db_path}: no prepared dataset; run `prepare` first")
+    return rows[0]
+
+
+def prepare(exp: Experiment) -> str:
+    """Build (or find) the length-binned manifest; returns the dataset id."""
+    from kv_transition.data.binning import sample_bins
+    from kv_transition.data.manifest import (build_manifest, dataset_id, manifest_from_db,
+                                             save_manifest_json, write_manifest)
+    from kv_transition.data.sources import load_examples
+    from kv_transition.data.tokenizer import load_counter, prompt_tokens
+
+    count, tok_id = load_counter(exp.settings, paths.models_dir(exp.root))
+    ds_id = dataset_id(exp.settings, tok_id)
+    json_path = paths.manifest_path(exp.root, ds_id)
+    if exp.db_path.is_file():
+        conn = exp.connect()
+        existing = [r[0] for r in conn.execute("SELECT dataset_id FROM datasets")]
+        if ds_id in existing:
+            save_manifest_json(manifest_from_db(conn, ds_id), json_path)  # derived; refresh
+            record_experiment(conn, exp)
+            return ds_id
+        if existing:
+            raise BadInput(
+                f"{exp.db_path}: experiment {exp.exp_id!r} already holds dataset {existing[0]!r}, "
+                "prepared with other dataset/binning/tokenizer settings; use a new "
+                "output.exp_group_id (or db.path) for the new dataset")
+    examples = load_examples(exp.settings, count)  # DataError before the database is touched
+    by_id = _unique(examples)
+    lengths = {ex.example_id: prompt_tokens(ex, count) for ex in examples}
+    bins = sample_bins(lengths, exp.settings.binning.n_bins, exp.settings.dataset.n_per_bin,
+                       exp.settings.dataset.seed)
+    manifest = build_manifest(ds_id, exp.settings, tok_id, bins, lengths)
+    conn = exp.connect()
+    record_experiment(conn, exp)
+    write_manifest(conn, manifest, by_id, json_path)
+    return ds_id
+
+
+def _unique(examples) -> dict:
+    by_id = {}
+    for ex in examples:
+        if ex.example_id in by_id:
+            raise BadInput(f"dataset: duplicate example id {ex.example_id!r}; ids must be unique")
+        by_id[ex.example_id] = ex
+    if not by_id:
+        raise BadInput("dataset: the source produced no examples")
+    return by_id
+
+
+def run(exp: Experiment, show_progress: bool = True) -> int:
+    from kv_transition.engines.factory import make_engine
+    from kv_transition.run.orchestrate import run_grid
+
+    conn = exp.connect(must_exist=True)
+    ds_id = current_dataset(conn, exp)
+    factory = lambda grid: make_engine(exp.settings, paths.models_dir(exp.root), grid)  # noqa: E731
+    return run_grid(conn, exp.settings, ds_id, factory, show_progress,
+                    on_start=lambda: record_experiment(conn, exp))
+
+
+def score(exp: Experiment) -> dict[str, int]:
+    from kv_transition.eval.score import score_experiment
+
+    conn = exp.connect(must_exist=True)
+    return score_experiment(conn, exp.exp_id)
+
+
+def analyze(exp: Experiment) -> dict:
+    from kv_transition.analysis.run_analysis import analyze as run_analysis
+
+    conn = exp.connect(must_exist=True)
+    return run_analysis(conn, exp.exp_id, exp.settings.analysis, exp.run_dir)
+
+
+def report(exp: Experiment) -> Path:
+    from kv_transition.report.build import build_report
+
+    conn = exp.connect(must_exist=True)
+    return build_report(conn, exp.exp_id, exp.run_dir)

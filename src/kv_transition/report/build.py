@@ -1,0 +1,367 @@
+"""The ``report`` phase: render runs/<exp_group_id>/report.md from the database alone.
+
+Every number in the report is computed here from bin_stats, transition_summary and telemetry;
+the template only lays them out. Nothing from the environment is read, so no secret can leak.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from kv_transition.analysis import queries
+from kv_transition.analysis.aggregate import CORRECT_AT, MIB, run_memory
+from kv_transition.analysis.plots import PLOT_NAMES, run_label, scope_label
+from kv_transition.analysis.transition import bin_span
+from kv_transition.errors import BadInput
+
+Row = dict[str, Any]
+RANDOM_MODEL_PREFIX = "builtin:tiny-random"
+FIGURES = {
+    "acc_vs_len.png": "Accuracy vs context length (mean and bootstrap CI per bin)",
+    "std_vs_len.png": "Accuracy spread (sample std across examples) per bin",
+    "failrate_vs_len.png": "Failure rate per bin",
+    "flip_vs_len.png": "Flip rate: answers whose correctness differs from the full cache",
+    "latency_vs_len.png": "Latency per request: p50, whisker to p95",
+    "mem_vs_budget.png": "Measured KV cache size and peak memory vs budget",
+}
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def pts(x: float | None, signed: bool = True) -> str:
+    """An accuracy difference in percentage points."""
+    if x is None:
+        return "—"
+    return f"{100 * x:+.1f}" if signed else f"{100 * abs(x):.1f}"
+
+
+def ci_text(low: float | None, high: float | None, scale: str = "acc") -> str:
+    if low is None or high is None:
+        return ""
+    if scale == "pts":
+        return f"[{pts(low)}, {pts(high)}]"
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def tokens(row: Row) -> str:
+    if row.get("token_min") is None:
+        return f"bin {row['bin_idx']}"
+    return f"{row['token_min']}–{row['token_max']}"
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("kv_transition.report", "templates"),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                      keep_trailing_newline=True, autoescape=False)
+    env.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    return env
+
+
+# ---------------------------------------------------------------- inputs
+
+def _config(experiment: Row) -> Row:
+    try:
+        data = yaml.safe_load(experiment["config_yaml"]) or {}
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _ci_level(config: Row) -> float:
+    analysis = config.get("analysis") if isinstance(config.get("analysis"), dict) else {}
+    return float(analysis.get("ci", 0.95))
+
+
+def _load(conn: sqlite3.Connection, exp_group_id: str) -> Row:
+    experiment = queries.experiment(conn, exp_group_id)
+    if experiment is None:
+        raise BadInput(f"experiment {exp_group_id!r} is not in the database: run `prepare` first")
+    stats = queries.bin_stats_rows(conn, exp_group_id)
+    if not stats:
+        raise BadInput(f"experiment {exp_group_id!r} has no bin statistics: run `analyze` first")
+    runs = queries.runs_of_group(conn, exp_group_id)
+    by_run: dict[int, list[Row]] = defaultdict(list)
+    for row in stats:
+        by_run[row["run_id"]].append(row)
+    many = len({r["dataset_id"] for r in runs}) > 1
+    for run in runs:
+        run["label"] = run_label(run, many)
+        run["is_baseline"] = queries.is_baseline(run)
+    config = _config(experiment)
+    return {"experiment": experiment, "config": config, "ci": _ci_level(config), "runs": runs,
+            "stats": by_run, "baselines": queries.baseline_by_dataset(runs),
+            "memory": run_memory(conn, exp_group_id),
+            "transitions": {t["run_id"]: t for t in queries.transition_rows(conn, exp_group_id)},
+            "failures": queries.failure_counts(conn, exp_group_id),
+            "datasets": queries.datasets_of_group(conn, exp_group_id),
+            "n_requests": queries.count_requests(conn, exp_group_id)}
+
+
+# ---------------------------------------------------------------- sections
+
+def _distinct(runs: list[Row], key: str) -> list[Any]:
+    return sorted({r[key] for r in runs})
+
+
+def _setup(conn: sqlite3.Connection, d: Row) -> Row:
+    runs, exp = d["runs"], d["experiment"]
+    query_aware = {bool(r["query_aware"]) for r in runs}
+    evaluated = sum(s["n"] for rows in d["stats"].values() for s in rows)
+    return {
+        "models": ", ".join(_distinct(runs, "model_name")),
+        "engines": ", ".join(_distinct(runs, "engine_name")),
+        "datasets": ", ".join(f"{ds['name']} / {ds['task']}" for ds in d["datasets"]),
+        "policies": ", ".join(_distinct(_compressed(d), "kv_policy")) or "none",
+        "baseline": "present" if d["baselines"] else "missing",
+        "budgets": ", ".join(str(b) for b in sorted({float(r["kv_budget"]) for r in runs},
+                                                    reverse=True)),
+        "query_aware": ("yes" if query_aware == {True} else "no" if query_aware == {False}
+                        else "mixed"),
+        "n_requests": d["n_requests"], "n_evaluated": evaluated,
+        "config_hash": hashlib.sha256(exp["config_yaml"].encode()).hexdigest()[:12],
+        "git_hash": exp["git_hash"] or "unknown", "created_at": exp["created_at"],
+        "bins": [{"dataset": ds["name"], **b} for ds in d["datasets"]
+                 for b in queries.bins_of_dataset(conn, ds["dataset_id"])],
+    }
+
+
+def _delta_text(s: Row) -> str:
+    return f"{pts(s['acc_delta'])} {ci_text(s['acc_delta_ci_low'], s['acc_delta_ci_high'], 'pts')}"
+
+
+def _results(d: Row) -> list[Row]:
+    rows = []
+    for run in d["runs"]:
+        for s in d["stats"].get(run["run_id"], []):
+            kv = s["kv_bytes_mean"]
+            rows.append({
+                "setting": run["label"], "bin": s["bin_idx"], "tokens": tokens(s), "n": s["n"],
+                "acc": f"{fmt(s['acc_mean'])} {ci_text(s['acc_ci_low'], s['acc_ci_high'])}",
+                "delta": "baseline" if run["is_baseline"] else _delta_text(s),
+                "flip": fmt(s["flip_rate"], 2), "fail": fmt(s["fail_rate"], 2),
+                "lat": fmt(s["lat_p50"], 3), "kv": fmt(None if kv is None else kv / MIB, 2),
+            })
+    return rows
+
+
+def _compressed(d: Row) -> list[Row]:
+    return [r for r in d["runs"] if not r["is_baseline"] and r["run_id"] in d["stats"]]
+
+
+def _longest_bin_finding(run: Row, d: Row) -> str | None:
+    last = max(d["stats"][run["run_id"]], key=lambda s: s["bin_idx"])
+    delta = last["acc_delta"]
+    if delta is None:
+        return None
+    ci = ci_text(last["acc_delta_ci_low"], last["acc_delta_ci_high"], "pts")
+    where = f"in the longest bin ({tokens(last)} tokens)"
+    head = f"At budget {float(run['kv_budget'])}, {run['kv_policy']}"
+    if delta == 0:
+        return f"{head} matches the full cache {where} (Δ 0.0 points, CI {ci})."
+    verb = "loses" if delta < 0 else "gains"
+    return (f"{head} {verb} {pts(delta, signed=False)} points of accuracy (CI {ci}) {where} "
+            "vs the full cache.")
+
+
+def _largest_drop_finding(d: Row) -> str:
+    drops = [(s["acc_delta"], run, s) for run in _compressed(d) for s in d["stats"][run["run_id"]]
+             if s["acc_delta_ci_high"] is not None and s["acc_delta_ci_high"] < 0]
+    if not drops:
+        return (f"No setting is significantly below the full cache in any bin (every Δ "
+                f"{d['ci']:.0%} CI reaches 0 or above).")
+    delta, run, s = min(drops, key=lambda t: t[0])
+    return (f"Largest significant drop: {run['label']} in bin {s['bin_idx']} ({tokens(s)} "
+            f"tokens), {pts(delta)} points (CI "
+            f"{ci_text(s['acc_delta_ci_low'], s['acc_delta_ci_high'], 'pts')}).")
+
+
+def _is_safe(run: Row, d: Row) -> bool:
+    stats = d["stats"][run["run_id"]]
+    return all(s["acc_delta_ci_low"] is not None and s["acc_delta_ci_high"] >= 0 for s in stats)
+
+
+def _cost(run: Row, d: Row) -> tuple[float, float]:
+    kv = (d["memory"].get(run["run_id"]) or {}).get("kv_mib")
+    return (kv if kv is not None else float("inf"), float(run["kv_budget"]))
+
+
+def _safe_budget_finding(d: Row) -> str:
+    safe = [r for r in _compressed(d) if _is_safe(r, d)]
+    if not safe:
+        return ("No compressed setting is safe: each has at least one bin significantly below "
+                "the full cache.")
+    best = min(safe, key=lambda r: _cost(r, d))
+    return (f"Safe budget: the cheapest setting whose Δ CI includes 0 (or lies above it) in every "
+            f"bin is {best['label']}. Not significantly worse is not proof of equivalence: "
+            f"check the CI widths in the results table.")
+
+
+def _memory_findings(d: Row) -> list[str]:
+    out = []
+    for run in _compressed(d):
+        base = d["baselines"].get(run["dataset_id"])
+        mem = d["memory"].get(run["run_id"]) or {}
+        full = d["memory"].get(base["run_id"]) if base else None
+        if mem.get("kv_mib") is None or not full or full.get("kv_mib") in (None, 0):
+            continue
+        saved = 1 - mem["kv_mib"] / full["kv_mib"]
+        out.append(f"Memory: {run['label']} holds {mem['kv_mib']:.2f} MiB of KV cache per request "
+                   f"vs {full['kv_mib']:.2f} MiB for the full cache ({saved:.0%} less, measured).")
+    return out or ["Memory: KV bytes were not measured for a compressed run and its baseline; "
+                   "any saving is nominal (the budget), not measured."]
+
+
+def _findings(d: Row) -> list[str]:
+    if not d["baselines"]:
+        return ["No full-cache baseline run (policy 'full', budget 1.0): no paired deltas, "
+                "flip rates or safe budget can be computed."]
+    findings = [f for r in _compressed(d) if (f := _longest_bin_finding(r, d))]
+    findings += [_largest_drop_finding(d), _safe_budget_finding(d)]
+    findings += _memory_findings(d)
+    zones = [t for t in d["transitions"].values() if t["rationale"].get("verdict") == "transition"]
+    findings.append(f"Transition zones with strong evidence: {len(zones)} of "
+                    f"{len(d['transitions'])} runs (details below).")
+    return findings
+
+
+def _transition_words(t: Row, by_bin: dict[int, Row]) -> str:
+    r, a, b = t["rationale"], t["transition_bin_start"], t["transition_bin_end"]
+    span = f"{tokens(by_bin[a]).split('–')[0]}–{tokens(by_bin[b]).split('–')[-1]}"
+    text = (f"Instability rises in {bin_span(a, b)} ({span} tokens) before accuracy collapses: "
+            f"{r['why']}. Compared with bin {r['reference_bin']}: fail-rate p = "
+            f"{fmt(r.get('p_fail_higher'))}, flip-rate p = {fmt(r.get('p_flip_higher'))}, "
+            f"accuracy CIs separated: {'yes' if r.get('acc_ci_separated') else 'no'}.")
+    fired = {trig for bin_ in r["bins"] if a <= bin_["bin_idx"] <= b for trig in bin_["triggers"]}
+    if fired == {"std"}:
+        # for 0/1 metrics the spread is p(1-p): a std-only zone is a shift of the mean
+        text += (" Only the accuracy spread fired; for 0/1 metrics it follows the mean, so "
+                 "read this as an accuracy shift rather than instability.")
+    return text
+
+
+def _zone_words(t: Row, run: Row, d: Row) -> str:
+    r = t["rationale"]
+    verdict = r.get("verdict")
+    by_bin = {s["bin_idx"]: s for s in d["stats"].get(run["run_id"], [])}
+    collapse = "" if r.get("collapse_bin") is None else (
+        f" Accuracy first falls to the collapse floor ({fmt(r.get('collapse_floor'), 2)}) "
+        f"at bin {r['collapse_bin']}.")
+    if verdict == "transition":
+        return _transition_words(t, by_bin) + collapse
+    if verdict == "weak":
+        return f"Evidence is weak, so no zone is claimed: {r['why']}.{collapse}"
+    words = {"no_instability": "No bin shows instability above the threshold while accuracy "
+                               "still holds.",
+             "constant": "Every signal is identical across bins; there is nothing to detect.",
+             "too_few_bins": "Only one length bin; a transition needs several.",
+             "no_data": "No statistics for this run."}
+    return words.get(verdict, str(r.get("why", ""))) + collapse
+
+
+def _transitions(d: Row) -> list[Row]:
+    out = []
+    for run in d["runs"]:
+        t = d["transitions"].get(run["run_id"])
+        if t is None:
+            continue
+        zone = "—" if t["transition_bin_start"] is None else \
+            f"{t['transition_bin_start']}–{t['transition_bin_end']}"
+        out.append({"setting": run["label"], "verdict": t["rationale"].get("verdict"),
+                    "zone": zone, "words": _zone_words(t, run, d)})
+    return out
+
+
+def _failures(d: Row) -> list[Row]:
+    by_run: dict[int, list[str]] = defaultdict(list)
+    totals: dict[int, int] = defaultdict(int)
+    for f in d["failures"]:
+        by_run[f["run_id"]].append(f"{f['failure_type']}: {f['n']}")
+        totals[f["run_id"]] += f["n"]
+    return [{"setting": r["label"], "n": sum(s["n"] for s in d["stats"].get(r["run_id"], [])),
+             "failed": totals[r["run_id"]], "types": ", ".join(by_run[r["run_id"]]) or "none"}
+            for r in d["runs"]]
+
+
+def _scopes(d: Row) -> set[str]:
+    return set().union(*(m["scopes"] for m in d["memory"].values())) if d["memory"] else set()
+
+
+def _limitations(d: Row, random_model: bool) -> list[str]:
+    ns = [s["n"] for rows in d["stats"].values() for s in rows]
+    n_tests = sum(1 for r in _compressed(d) for _ in d["stats"][r["run_id"]])
+    items = [
+        f"Examples per bin: {min(ns)} to {max(ns)}. With fewer than ~30 per bin the CIs are "
+        "wide and small differences are invisible.",
+        f"Bootstrap CIs ({d['ci']:.0%}, percentile) are per bin and not corrected for multiple "
+        f"comparisons ({n_tests} compressed run × bin comparisons): some 'significant' "
+        "differences are expected by chance.",
+        f"Flip rate counts an answer as correct when its accuracy is ≥ {CORRECT_AT}; divergence "
+        "(in bin_stats.csv) is 1 − token F1 between this run's and the full cache's normalized "
+        "answers.",
+    ]
+    scopes = _scopes(d)
+    if "process" in scopes:
+        items.append("Peak memory is the process-wide peak for the run (CPU), not a per-request "
+                     "peak: it includes the weights and every earlier request, so only measured "
+                     "KV bytes compare settings.")
+    elif not scopes:
+        items.append("Peak memory was not recorded.")
+    if any(t["rationale"].get("verdict") == "weak" for t in d["transitions"].values()):
+        items.append("Some runs show z-score outliers without significant evidence; they are "
+                     "reported as weak, not as transition zones.")
+    if random_model:
+        items.append(f"The model is {RANDOM_MODEL_PREFIX} (random weights): accuracy measures "
+                     "nothing; this report only checks the pipeline.")
+    return items
+
+
+def _summary(d: Row, setup: Row, findings: list[str]) -> str:
+    bins = setup["bins"]
+    span = f"{min(b['token_min'] for b in bins)}–{max(b['token_max'] for b in bins)} tokens" \
+        if bins else "unknown lengths"
+    n_comp = len(_compressed(d))
+    headline = next((f for f in findings if f.startswith(("Largest", "No setting"))), "")
+    return (f"This report compares {n_comp} compressed KV-cache setting(s) (policies "
+            f"{setup['policies']}; budgets {setup['budgets']}) with the full cache for "
+            f"{setup['models']} on {setup['datasets']}, over {len(bins)} context-length bins "
+            f"({span}) and {setup['n_evaluated']} evaluated requests. {headline}").strip()
+
+
+def report_context(conn: sqlite3.Connection, exp_group_id: str, run_dir: Path) -> Row:
+    d = _load(conn, exp_group_id)
+    setup = _setup(conn, d)
+    findings = _findings(d)
+    models = _distinct(d["runs"], "model_name")
+    random_model = any(m.startswith(RANDOM_MODEL_PREFIX) for m in models)
+    plots_dir = Path(run_dir) / "plots"
+    return {
+        "exp_group_id": exp_group_id, "summary": _summary(d, setup, findings),
+        "random_model": random_model, "setup": setup, "ci": d["ci"],
+        "figures": [{"name": n, "caption": FIGURES[n], "exists": (plots_dir / n).is_file()}
+                    for n in PLOT_NAMES],
+        "results": _results(d), "findings": findings, "transitions": _transitions(d),
+        "failures": _failures(d), "limitations": _limitations(d, random_model),
+        "mem_scope": scope_label(_scopes(d)),
+    }
+
+
+def build_report(conn: sqlite3.Connection, exp_group_id: str, run_dir: Path) -> Path:
+    """Render ``run_dir/report.md`` from the database; returns its path."""
+    run_dir = Path(run_dir)
+    text = _env().get_template("report.md.jinja").render(
+        **report_context(conn, exp_group_id, run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "report.md"
+    path.write_text(text)
+    return path
