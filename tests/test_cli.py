@@ -165,3 +165,12 @@ def test_unreachable_endpoint_exits_2_without_runs(home, tmp_path):
     result = cli("run", "-c", cfg)
     assert result.exit_code == 2 and "unreachable" in result.output
     assert dump(db_file(home)) == before
+
+
+@pytest.mark.parametrize("override", ["dataset.n_per_bin=2", "dataset.lengths=[96,160]",
+                                      "binning.n_bins=1"])
+def test_changing_the_dataset_under_an_experiment_is_refused(home, tiny_config, override):
+    before = _prepared(home, tiny_config)
+    result = cli("prepare", "-c", tiny_config, "--set", override)
+    assert result.exit_code == 2 and "already holds dataset" in result.output
+    assert dump(db_file(home)) == before

@@ -103,6 +103,82 @@ def all_(config: Path = ConfigOpt, set_: list[str] = SetOpt,
     _guard(step)
 
 
+@app.command(name="quant-validate")
+def quant_validate(
+        config: Optional[Path] = typer.Option(
+            None, "-c", "--config", help="Experiment config: the model, kv.quant, and the "
+            "database the results go to (optional with --memory-only)."),
+        set_: list[str] = SetOpt,
+        memory_only: bool = typer.Option(False, "--memory-only",
+                                         help="No model: payload and true ratios per policy."),
+        head_dim: Optional[int] = typer.Option(None, "--head-dim",
+                                               help="Channels per head (memory-only: 128)."),
+        group_size: Optional[int] = typer.Option(None, "--group-size",
+                                                 help="Override kv.quant.group_size."),
+        residual: Optional[int] = typer.Option(None, "--residual",
+                                               help="Override kv.quant.residual_length."),
+        lengths: Optional[str] = typer.Option(None, "--lengths", help="Context lengths, e.g. "
+                                              "512,4096,32768 (the default with --memory-only).")
+) -> None:
+    """Check quantized caches: memory ratios, reconstruction and attention error per layer."""
+    from kv_transition.kv.validate import Options, QuantOrderingError, parse_lengths, run_validation
+
+    def step():
+        exp = _experiment(config, set_) if config else None
+        opts = Options(memory_only, head_dim, group_size, residual, parse_lengths(lengths))
+        try:
+            result = run_validation(exp, opts)
+        except QuantOrderingError as exc:  # a bug, not bad input: exit 1, results kept
+            typer.echo(exc.validation.markdown)
+            console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        typer.echo(result.markdown)
+        if result.path:
+            console.print(f"written to {result.path} and the quant_validation table")
+    _guard(step)
+
+
+# `kv-transition reference train|eval`: the bundled reference model (reference/commands.py)
+from kv_transition.reference.commands import reference_app  # noqa: E402
+
+app.add_typer(reference_app, name="reference")
+
+
+@app.command()
+def novelty(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
+    """KV novelty probes: capture K/V while generating, novelty statistics, policy link."""
+    from kv_transition.probes.run import run_novelty
+
+    def step():
+        out = run_novelty(_experiment(config, set_))
+        console.print(f"novelty: {len(out.captured)} prompt(s) probed, {len(out.skipped)} "
+                      f"already done -> {out.report}")
+    _guard(step)
+
+
+@app.command()
+def serve(config: Path = ConfigOpt, set_: list[str] = SetOpt,
+          host: Optional[str] = typer.Option(None, "--host", help="Bind address (default "
+                                             "serve.host, 127.0.0.1)."),
+          port: Optional[int] = typer.Option(None, "--port", help="Port (default serve.port)."),
+          policy: Optional[str] = typer.Option(None, "--policy", help="Apply this policy to "
+                                               "every request (default: kv_policy per request)."),
+          budget: Optional[float] = typer.Option(None, "--budget", help="Apply this budget to "
+                                                 "every request (default: kv_budget per request)."),
+          api_key_env: Optional[str] = typer.Option(
+              None, "--api-key-env", help="Require the bearer token held by this environment "
+              "variable.")) -> None:
+    """Serve the config's model over an OpenAI-compatible API, with KV compression applied."""
+    def step():
+        from kv_transition.serve.server import serve_forever
+
+        serve_forever(load_settings(config, set_), paths.home(_state["home"]),
+                      announce=lambda line: console.print(line, soft_wrap=True),
+                      host=host, port=port, policy=policy,
+                      budget=budget, api_key_env=api_key_env)
+    _guard(step)
+
+
 def main() -> None:
     app(prog_name="kv-transition")
 

@@ -118,14 +118,25 @@ def run(exp: Experiment, show_progress: bool = True) -> int:
     conn = exp.connect(must_exist=True)
     ds_id = current_dataset(conn, exp)
     factory = lambda grid: make_engine(exp.settings, paths.models_dir(exp.root), grid)  # noqa: E731
-    return run_grid(conn, exp.settings, ds_id, factory, show_progress,
+    if exp.settings.canary.perplexity is not None:  # the functional canary (issue 5)
+        from kv_transition.eval import perplexity
+
+        perplexity.check_source(exp.settings, paths.models_dir(exp.root))  # before any row
+    done = run_grid(conn, exp.settings, ds_id, factory, show_progress,
                     on_start=lambda: record_experiment(conn, exp))
+    if exp.settings.canary.perplexity is not None:
+        perplexity.run_perplexity(conn, exp.settings, ds_id, paths.models_dir(exp.root))
+    return done
 
 
 def score(exp: Experiment) -> dict[str, int]:
     from kv_transition.eval.score import score_experiment
 
     conn = exp.connect(must_exist=True)
+    if exp.settings.dataset.name == "functional":  # sandbox runs in parallel, then cached
+        from kv_transition.eval.functional import score_functional
+
+        score_functional(conn, exp.exp_id)
     return score_experiment(conn, exp.exp_id)
 
 

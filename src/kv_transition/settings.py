@@ -17,6 +17,8 @@ from kv_transition.errors import BadInput
 SYNTHETIC_TASKS = (
     "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "variable_tracking",
 )
+# Offline functional families (data/functional.py); 'mix' cycles them, 'humaneval' reads a file.
+FUNCTIONAL_TASKS = ("code", "tool", "code_long", "tool_long")
 
 
 class _Strict(BaseModel):
@@ -24,11 +26,14 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
-    name: Literal["synthetic", "longbench"] = Field(
-        "synthetic", description="Task source: the offline RULER-style generator or LongBench.")
+    name: Literal["synthetic", "longbench", "functional"] = Field(
+        "synthetic", description="Task source: the offline RULER-style generator, LongBench, or "
+        "functional tasks (code run in a sandbox, JSON tool calls; data/functional.py).")
     task: str = Field(
         "mix", description="Synthetic: one of %s or 'mix' (cycles through all). LongBench: the "
-        "subset name, e.g. 'hotpotqa'." % ", ".join(SYNTHETIC_TASKS))
+        "subset name, e.g. 'hotpotqa'. Functional: one of %s, 'mix', or 'humaneval' (a local "
+        "HumanEval JSONL at dataset.path)." % (", ".join(SYNTHETIC_TASKS),
+                                              ", ".join(FUNCTIONAL_TASKS)))
     path: str | None = Field(
         None, description="LongBench: a .jsonl file or a directory holding <task>.jsonl. "
         "Unset: load through `datasets` from the hub (needs network).")
@@ -37,6 +42,9 @@ class DatasetConfig(_Strict):
         [256, 512, 1024, 2048], description="Synthetic: target context lengths in tokens of the "
         "model's tokenizer; n_per_bin examples are generated at each.")
     seed: int = Field(0, description="Seed for generation and per-bin sampling.")
+    show_tool_schema: bool = Field(
+        False, description="Functional tool tasks: print the tool's JSON schema in the question "
+        "(for real models; the bundled reference model is trained without it).")
 
     @field_validator("lengths")
     @classmethod
@@ -50,6 +58,11 @@ class DatasetConfig(_Strict):
         if self.name == "synthetic" and self.task not in (*SYNTHETIC_TASKS, "mix"):
             raise ValueError(
                 f"unknown synthetic task {self.task!r}; allowed: {', '.join(SYNTHETIC_TASKS)}, mix")
+        if self.name == "functional" and self.task not in (*FUNCTIONAL_TASKS, "mix", "humaneval"):
+            raise ValueError(f"unknown functional task {self.task!r}; allowed: "
+                             f"{', '.join(FUNCTIONAL_TASKS)}, mix, humaneval")
+        if self.name == "functional" and self.task == "humaneval" and not self.path:
+            raise ValueError("functional task 'humaneval' needs dataset.path (a local JSONL file)")
         return self
 
 
@@ -67,12 +80,30 @@ class ModelConfig(_Strict):
         "(the openai engine needs one to bin by tokens; unset: a whitespace word count).")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="'random': systems mode, a random-weight model of the named "
+        "model.shape, for latency and memory at real scale without weights; accuracy is "
+        "meaningless and the report hides it.")
+    shape: str | None = Field(
+        None, description="Systems mode architecture: llama-3.1-8b, qwen2.5-7b, mistral-7b, "
+        "tiny-llama. The tokenizer is model.tokenizer, else the builtin word tokenizer.")
     chat_template: Literal["auto", "on", "off"] = Field(
         "auto", description="Wrap the prompt in the tokenizer's chat template: 'auto' uses it "
         "when the tokenizer has one.")
     attn_implementation: str | None = Field(
         None, description="transformers attention implementation; unset picks 'sdpa', or "
         "'eager' for policies that need attention weights (h2o).")
+
+
+    @model_validator(mode="after")
+    def _shape_for_random(self) -> "ModelConfig":
+        if self.init == "random":
+            from kv_transition.engines.shapes import SHAPES
+
+            if self.shape not in SHAPES:
+                raise ValueError(f"model.init 'random' needs model.shape, one of: "
+                                 f"{', '.join(sorted(SHAPES))}")
+        return self
 
 
 class RequestConfig(_Strict):
@@ -94,11 +125,57 @@ class EngineConfig(_Strict):
         False, description="openai: send kv_policy/kv_budget in the request body "
         "(servers that choose compression per request).")
     request: RequestConfig = Field(default_factory=RequestConfig)
+    concurrency: int = Field(
+        1, ge=1, le=1024, description="openai: requests in flight at once. 1 keeps each "
+        "latency free of server-side queueing and batching; raise it for sweep throughput.")
+    stream: bool = Field(
+        True, description="openai: stream answers (SSE) to measure time to first token and "
+        "inter-token times; false: one JSON body per request.")
+    cache_bust: Literal["off", "cache_salt", "cache_prompt"] = Field(
+        "off", description="openai: defeat the server's prefix cache per request: "
+        "'cache_salt' sends a fresh random cache_salt (vLLM), 'cache_prompt' sends "
+        "cache_prompt: false (llama.cpp). See README, prefix caching.")
 
 
 class PressConfig(_Strict):
     window_size: int | None = Field(None, ge=1, description="SnapKV observation window.")
     n_sink: int | None = Field(None, ge=0, description="StreamingLLM sink tokens.")
+
+
+class QuantConfig(_Strict):
+    """Quantized caches (kv/quant): int8/int4/int3/int2/int, kivi[-kXvY], adaptive."""
+
+    group_size: int = Field(
+        32, ge=8, le=4096, description="Values sharing one float16 scale and zero-point, a "
+        "multiple of 8: channels of one token (per-token; capped at the model's head_dim) or "
+        "tokens of one channel (per-channel).")
+    residual_length: int = Field(
+        128, ge=0, description="kivi: the most recent tokens kept in full precision; a "
+        "multiple of group_size.")
+    axis: Literal["token", "channel"] = Field(
+        "token", description="Uniform intN caches: group per token (along head_dim) or per "
+        "channel (over group_size tokens; fewer than group_size recent tokens stay exact).")
+    key_bits: int | None = Field(
+        None, description="kivi: key width (2, 4 or 8); with value_bits it fixes plain 'kivi', "
+        "which otherwise picks widths from the budget.")
+    value_bits: int | None = Field(None, description="kivi: value width (2, 4 or 8).")
+    sink_tokens: int = Field(4, ge=0, description="adaptive: first tokens always kept at 8 bits.")
+    window: int = Field(32, ge=1, description="adaptive: queries of the last `window` prompt "
+                        "tokens score each token's importance.")
+
+    @model_validator(mode="after")
+    def _valid_widths(self) -> "QuantConfig":
+        from kv_transition.kv.quant.policies import kivi_width_error
+
+        if self.group_size % 8:
+            raise ValueError(f"group_size {self.group_size} must be a multiple of 8 (codes are "
+                             "packed 8 at a time)")
+        if (self.key_bits is None) != (self.value_bits is None):
+            raise ValueError("set both key_bits and value_bits, or neither")
+        error = self.key_bits is not None and kivi_width_error(self.key_bits, self.value_bits)
+        if error:
+            raise ValueError(f"key_bits/value_bits: {error}")
+        return self
 
 
 class KVConfig(_Strict):
@@ -111,6 +188,11 @@ class KVConfig(_Strict):
         False, description="true: the question is inside the compressed prefill; false: the "
         "context is compressed first and the question asked after it.")
     press: PressConfig = Field(default_factory=PressConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    shared_prefill: bool = Field(
+        True, description="hf engine: prefill each example once and derive every budget's cache "
+        "from it, for policies where that is exact (identical answers, far fewer prefills). "
+        "false: a fresh prefill per request, for latency studies of one setting in isolation.")
 
     @field_validator("budgets")
     @classmethod
@@ -122,13 +204,10 @@ class KVConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_policies(self) -> "KVConfig":
-        from kv_transition.kv.registry import POLICIES
+        from kv_transition.kv.registry import check_policies
 
-        names = self.all_policies()
-        unknown = [p for p in names if p not in POLICIES]
-        if unknown:
-            raise ValueError(
-                f"unknown policy {unknown[0]!r}; allowed: {', '.join(sorted(POLICIES))}")
+        # unknown names, bad compositions, budgets a quantized policy cannot realise
+        check_policies(self.all_policies(), self.budgets, self.quant)
         return self
 
     def all_policies(self) -> list[str]:
@@ -159,6 +238,110 @@ class AnalysisConfig(_Strict):
     z_threshold: float = Field(1.0, gt=0, description="Transition detector z-score threshold.")
 
 
+PROBE_PROMPTS = ("prose_explanation", "code_generation", "mixed_content", "reasoning_chain",
+                 "transition_heavy")
+PROBE_METRICS = ("cosine", "l2", "projection", "mahalanobis")
+
+
+class ProbesConfig(_Strict):
+    """`kv-transition novelty`: capture K/V during generation and measure novelty."""
+
+    prompts: list[str] = Field(list(PROBE_PROMPTS), min_length=1, description="Prompt suite "
+                               "entries to run: %s." % ", ".join(PROBE_PROMPTS))
+    layers: list[int] | Literal["all"] = Field(
+        [0, -1], description="Layers to capture; negative counts from the end (-1 = last).")
+    heads: list[int] | Literal["all"] = Field(
+        "all", description="KV heads to capture (indices < num_key_value_heads); ignored for "
+        "target 'hidden'.")
+    target: Literal["keys", "values", "hidden"] = Field(
+        "keys", description="What the novelty metrics read: the cache's keys or values, or the "
+        "hidden states entering attention (an explicit proxy, not the cache).")
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="Tokens generated per prompt.")
+    max_positions: int = Field(
+        2048, ge=8, description="Cap on captured positions (prompt + generated); generation "
+        "stops at the cap, which bounds memory and disk.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 is greedy.")
+    seed: int = Field(0, description="Sampling seed; each prompt adds its place in the suite.")
+    window: int = Field(16, ge=2, description="Trailing window of cosine/L2/projection novelty.")
+    mahalanobis_window: int = Field(32, ge=2, description="Trailing window of Mahalanobis.")
+    mahalanobis_diag_above: int = Field(
+        32, ge=1, description="Above this vector dimension the covariance is diagonal.")
+    shrinkage: float = Field(0.1, ge=0.0, le=1.0, description="Covariance shrinkage to "
+                             "the scaled identity (full) or the mean variance (diagonal).")
+    subspace_energy: float = Field(0.9, gt=0.0, le=1.0, description="Projection residual: "
+                                   "the window's subspace keeps this fraction of its energy.")
+    spike_k: float = Field(2.0, gt=0.0, description="Spike: value above mean + k·std.")
+    spike_merge: int = Field(3, ge=0, description="Spikes at most this many positions apart "
+                             "merge into one event.")
+    max_lag: int = Field(50, ge=1, description="Autocorrelation up to this lag.")
+    transition_radius: int = Field(2, ge=0, description="A spike within this many positions "
+                                   "of a semantic transition counts as at the transition.")
+    high_novelty_quantile: float = Field(0.9, gt=0.0, lt=1.0, description="High-novelty "
+                                         "positions: above this quantile of the segment.")
+    primary_metric: Literal["cosine", "l2", "projection", "mahalanobis"] = Field(
+        "cosine", description="The metric the hypotheses verdicts and main figures use.")
+    segment: Literal["generated", "prompt", "all"] = Field(
+        "generated", description="Positions the statistics cover.")
+    store: Literal["npz", "db"] = Field("npz", description="Captured tensors: streamed to "
+                                        "novelty/kv/<prompt>/layer_XX.npz or to novelty_kv.")
+
+    @field_validator("prompts")
+    @classmethod
+    def _known_prompts(cls, v: list[str]) -> list[str]:
+        unknown = [p for p in v if p not in PROBE_PROMPTS]
+        if unknown:
+            raise ValueError(f"unknown prompt {unknown[0]!r}; allowed: {', '.join(PROBE_PROMPTS)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("layers", "heads")
+    @classmethod
+    def _non_empty(cls, v: list[int] | str) -> list[int] | str:
+        if isinstance(v, list) and not v:
+            raise ValueError("must be 'all' or a non-empty list of indices")
+        return v
+
+
+class ServeConfig(_Strict):
+    """`kv-transition serve`: the OpenAI-compatible server around the hf engine."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; loopback by default.")
+    port: int = Field(8000, ge=0, le=65535)
+    policy: str | None = Field(
+        None, description="Fix the policy for every request; unset: kv_policy in the body "
+        "(default 'full').")
+    budget: float | None = Field(
+        None, gt=0.0, le=1.0, description="Fix the budget for every request; unset: "
+        "kv_budget in the body (default 1.0).")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the bearer token clients must send.")
+    max_body_mb: float = Field(16.0, gt=0, description="Largest request body accepted.")
+    max_queue: int = Field(
+        64, ge=1, description="Requests waiting or running at once; more get HTTP 503.")
+
+
+class PerplexityConfig(_Strict):
+    """Perplexity under compression: prefill a prefix through the compressed cache, then
+    teacher-force the continuation (eval/perplexity.py)."""
+
+    path: str | None = Field(
+        None, description="Held-out text: a .jsonl file with a \"text\" field per line, or a "
+        "plain UTF-8 text file. Unset: offline haystack text of the synthetic generator.")
+    n_texts: int = Field(16, ge=1, le=10000, description="Windows scored per setting.")
+    prefix_tokens: int = Field(
+        512, ge=8, description="Tokens prefilled through the compressed cache.")
+    continuation_tokens: int = Field(
+        128, ge=2, description="Tokens teacher-forced after it; their perplexity is recorded.")
+    seed: int = Field(0, description="Seed of the offline held-out text.")
+
+
+class CanaryConfig(_Strict):
+    """The functional canary: perplexity next to functional accuracy, and the SDS."""
+
+    perplexity: PerplexityConfig | None = Field(
+        None, description="Set to measure perplexity per policy x budget during `run` (hf "
+        "engine only) and the Silent Degradation Score during `analyze`.")
+
+
 class Settings(_Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     binning: BinningConfig = Field(default_factory=BinningConfig)
@@ -169,11 +352,17 @@ class Settings(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     db: DBConfig = Field(default_factory=DBConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
     @model_validator(mode="after")
     def _engine_needs(self) -> "Settings":
         if self.engine.kind == "openai" and not (self.engine.base_url or self.engine.base_urls):
             raise ValueError("engine.kind 'openai' needs engine.base_url or engine.base_urls")
+        if self.canary.perplexity is not None and self.engine.kind != "hf":
+            raise ValueError("canary.perplexity needs engine.kind 'hf': perplexity reads the "
+                             "logits of a compressed cache, which an HTTP server does not return")
         return self
 
     def snapshot_yaml(self) -> str:

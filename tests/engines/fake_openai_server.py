@@ -1,9 +1,11 @@
-"""A scriptable OpenAI-compatible HTTP server on loopback, for testing the ``openai`` engine.
+"""A scriptable, misbehaving OpenAI-compatible HTTP server on loopback, for fault injection.
 
 It is a real server (threaded ``http.server`` on 127.0.0.1, port chosen by the OS) so the engine's
-whole HTTP path runs: sockets, headers, status codes, timeouts. Each POST takes the next scripted
-``Reply``; when the script is empty it answers normally. Like real servers it rejects a body
-without ``model`` and ``messages``/``prompt`` with a 400, so a malformed request fails loudly.
+whole HTTP path runs: sockets, headers, status codes, chunked streams, timeouts. Each POST takes
+the next scripted ``Reply`` (from ``by_seed[body["seed"]]`` when scripted for that seed, so
+concurrent requests get their own faults, else from ``script``); with nothing scripted it answers
+normally, streaming when the request asks for it. Like real servers it rejects a body without
+``model`` and ``messages``/``prompt`` with a 400, so a malformed request fails loudly.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+USAGE = {"prompt_tokens": 42, "completion_tokens": 3, "total_tokens": 45}
+
 
 @dataclass
 class Reply:
@@ -23,7 +27,17 @@ class Reply:
     extra: dict[str, Any] = field(default_factory=dict)  # merged into a normal reply body
     body: bytes | dict | None = None  # overrides the normal reply body entirely
     headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0  # wait before answering (to trigger client timeouts)
+    delay_s: float = 0.0  # wait before the status line: a slow first byte
+    # streaming (used when the request has "stream": true and body is None)
+    chunks: list[str] | None = None  # text pieces; default: the text word by word
+    chunk_delay_s: float = 0.0
+    pings: bool = False  # ": ping" comments and a role-only chunk before the text
+    cut_after: int | None = None  # stop after this many text chunks (non-streaming: mid-body)
+    cut_mode: str = "reset"  # ...by dropping the connection mid-body, or "eof": a clean end
+    usage_chunk: bool = True  # a last chunk holding only usage (when include_usage is asked)
+    done: bool = True  # send data: [DONE]
+    events: list[str] | None = None  # exact data payloads to send instead of the normal ones
+    keep_open_s: float = 0.0  # keep the stream open this long after [DONE]
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -42,12 +56,16 @@ class Seen:
 class FakeOpenAIServer:
     def __init__(self) -> None:
         self.script: list[Reply] = []
+        self.by_seed: dict[int, list[Reply]] = {}
         self.seen: list[Seen] = []
         self.models_status = 200
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
+        self._httpd.request_queue_size = 128  # a burst of concurrent connects is not refused
         # A short poll interval makes shutdown (each test's teardown) near-instant.
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         kwargs={"poll_interval": 0.02}, daemon=True)
@@ -72,9 +90,23 @@ class FakeOpenAIServer:
             self.seen.append(seen)
 
     def next_reply(self, seen: Seen) -> Reply:
+        seed = seen.body.get("seed") if isinstance(seen.body, dict) else None
         with self._lock:
             self.seen.append(seen)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            scripted = self.by_seed.get(seed)
+            if scripted:
+                return scripted.pop(0)
             return self.script.pop(0) if self.script else Reply()
+
+    def finished(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def posts_for(self, seed: int) -> int:
+        return sum(1 for s in self.seen
+                   if s.method == "POST" and isinstance(s.body, dict) and s.body.get("seed") == seed)
 
     def wait(self, seconds: float) -> None:
         self._stopping.wait(seconds)
@@ -103,10 +135,55 @@ def _normal_body(path: str, body: dict, reply: Reply) -> dict:
         "object": "chat.completion" if chat else "text_completion",
         "model": body.get("model"),
         "choices": [choice],
-        "usage": {"prompt_tokens": 42, "completion_tokens": 3, "total_tokens": 45},
+        "usage": dict(USAGE),
     }
     payload.update(reply.extra)
     return payload
+
+
+def _pieces(reply: Reply) -> list[str]:
+    if reply.chunks is not None:
+        return list(reply.chunks)
+    words = reply.text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def _chunk(chat: bool, text: str | None, finish: str | None = None, role: bool = False) -> dict:
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish}
+    return {"id": "cmpl-1", "object": "chat.completion.chunk" if chat else "text_completion",
+            "choices": [choice]}
+
+
+def _stream_events(path: str, body: dict, reply: Reply) -> list[str | None]:
+    """The data payloads of a streamed answer; None marks where the stream is cut."""
+    chat = path.endswith("/chat/completions")
+    events: list[str | None] = []
+    if reply.pings:
+        events.append(":ping")
+        events.append(json.dumps(_chunk(chat, "" if chat else None, role=True)))
+    pieces = _pieces(reply)
+    for i, piece in enumerate(pieces):
+        if reply.cut_after is not None and i == reply.cut_after:
+            return events + [None]
+        last = i == len(pieces) - 1
+        chunk = _chunk(chat, piece, reply.finish_reason if last else None)
+        if last:
+            chunk.update(reply.extra)
+        events.append(json.dumps(chunk))
+        if reply.pings:
+            events.append(":ping")
+    include_usage = (body.get("stream_options") or {}).get("include_usage")
+    if include_usage and reply.usage_chunk:
+        events.append(json.dumps({"id": "cmpl-1", "choices": [], "usage": dict(USAGE)}))
+    if reply.done:
+        events.append("[DONE]")
+    return events
 
 
 def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
@@ -130,17 +207,55 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = raw.decode(errors="replace")
             reply = server.next_reply(Seen("POST", self.path, _lower(self.headers), body))
+            try:
+                self._answer(body, reply)
+            finally:
+                server.finished()
+
+        def _answer(self, body: Any, reply: Reply) -> None:
             if reply.delay_s:
                 server.wait(reply.delay_s)
             problem = _missing_fields(self.path, body)
             if problem and reply.body is None:
                 self._write(400, {"error": {"message": problem}})
-            elif reply.body is None:
-                self._write(reply.status, _normal_body(self.path, body, reply), reply.headers)
-            else:
+            elif reply.body is not None:
                 self._write(reply.status, reply.body, reply.headers)
+            elif reply.events is not None or (body.get("stream") and reply.status == 200):
+                events = reply.events if reply.events is not None else \
+                    _stream_events(self.path, body, reply)
+                self._stream(events, reply)
+            else:
+                self._write(reply.status, _normal_body(self.path, body, reply), reply.headers,
+                            cut=reply.cut_after is not None)
 
-        def _write(self, status: int, body: bytes | dict, headers: dict | None = None) -> None:
+        def _stream(self, events: list[str | None], reply: Reply) -> None:
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for event in events:
+                    if event is None:  # the cut
+                        if reply.cut_mode == "eof":
+                            break
+                        self.close_connection = True  # drop it mid-body
+                        return
+                    line = event if event.startswith(":") else f"data: {event}"
+                    self._send_chunk(f"{line}\n\n".encode())
+                    if reply.chunk_delay_s:
+                        server.wait(reply.chunk_delay_s)
+                if reply.keep_open_s:
+                    server.wait(reply.keep_open_s)
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+        def _send_chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        def _write(self, status: int, body: bytes | dict, headers: dict | None = None,
+                   cut: bool = False) -> None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             try:
                 self.send_response(status)
@@ -149,6 +264,10 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
+                if cut:  # half the promised body, then the connection drops
+                    self.wfile.write(data[:len(data) // 2])
+                    self.close_connection = True
+                    return
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (a timeout test); nothing to answer

@@ -19,7 +19,7 @@ from kv_transition.analysis import queries
 from kv_transition.analysis.aggregate import run_memory
 
 PLOT_NAMES = ("acc_vs_len.png", "std_vs_len.png", "failrate_vs_len.png", "flip_vs_len.png",
-              "latency_vs_len.png", "mem_vs_budget.png")
+              "latency_vs_len.png", "mem_vs_budget.png", "acc_vs_kv_memory.png")
 # fixed palette, assigned to policies in sorted order; black is reserved for the full cache
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f")
@@ -186,6 +186,62 @@ def _memory_plot(conn: sqlite3.Connection, exp_group_id: str, runs: list[Row],
     return _save(fig, path)
 
 
+def _acc_memory_points(conn: sqlite3.Connection, exp_group_id: str) -> dict[int, Row]:
+    """Per run: mean accuracy with a 95% bootstrap CI, and mean measured KV MiB per request."""
+    from kv_transition.analysis.aggregate import MIB
+    from kv_transition.analysis.bootstrap import bootstrap_ci
+
+    acc, kv = defaultdict(list), defaultdict(list)
+    for r in queries.request_rows(conn, exp_group_id):
+        acc[r["run_id"]].append(0.0 if r["acc"] is None else float(r["acc"]))
+        if r["kv_bytes"] is not None:
+            kv[r["run_id"]].append(r["kv_bytes"] / MIB)
+    points = {}
+    for run_id in set(acc) & set(kv):
+        low, high = bootstrap_ci(acc[run_id], 1000, 0.95, [run_id])
+        points[run_id] = {"kv": float(np.mean(kv[run_id])), "acc": float(np.mean(acc[run_id])),
+                          "low": low, "high": high}
+    return points
+
+
+def _acc_memory_plot(conn: sqlite3.Connection, exp_group_id: str, runs: list[Row],
+                     styles: dict[int, Row], path: Path) -> Path:
+    """Every policy, eviction and quantization alike, on one axis: the KV bytes really held
+    (codes + scales + zero-points + full-precision residual), not the nominal budget."""
+    points = _acc_memory_points(conn, exp_group_id)
+    fig, (ax,) = _new_axes(f"Accuracy vs measured KV memory — {exp_group_id}",
+                           "measured KV cache per request (MiB, mean): true bytes, incl. "
+                           "scales, zero-points, residual", "accuracy (mean, 95% bootstrap CI)")
+    by_policy: dict[str, list[Row]] = defaultdict(list)
+    for run in runs:
+        if run["run_id"] in points:
+            by_policy[run["kv_policy"]].append(run)
+    for policy in sorted(by_policy):
+        pts = sorted(by_policy[policy], key=lambda r: points[r["run_id"]]["kv"])
+        xs = [points[r["run_id"]]["kv"] for r in pts]
+        ys = np.array([points[r["run_id"]]["acc"] for r in pts])
+        err = np.nan_to_num(np.vstack([ys - [points[r["run_id"]]["low"] for r in pts],
+                                       [points[r["run_id"]]["high"] for r in pts] - ys]))
+        base = policy == queries.BASELINE_POLICY
+        ax.errorbar(xs, ys, yerr=err, capsize=3, color="black" if base else
+                    styles[pts[0]["run_id"]]["color"], marker="*" if base else "o",
+                    markersize=12 if base else 6, linestyle="none" if base else "-",
+                    label="full (1.0)" if base else policy)
+        labels: dict[tuple[float, float], list[str]] = defaultdict(list)
+        for x, y, r in zip(xs, ys, pts):  # the budget next to where the bytes really landed
+            labels[(x, y)].append(f"{float(r['kv_budget']):g}")
+        for (x, y), texts in labels.items():
+            ax.annotate(", ".join(texts), (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    if points:
+        ax.set_xlim(left=0)
+        ax.set_ylim(-0.03, 1.03)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "KV bytes not measured", ha="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
 def write_plots(conn: sqlite3.Connection, exp_group_id: str, plots_dir: Path) -> list[Path]:
     """Draw every analysis figure into ``plots_dir``; returns their paths in PLOT_NAMES order."""
     plots_dir = Path(plots_dir)
@@ -210,4 +266,6 @@ def write_plots(conn: sqlite3.Connection, exp_group_id: str, plots_dir: Path) ->
     paths = [_length_plot(by_run, styles, plots_dir / name, f"{title} — {exp_group_id}",
                           ylabel, draw) for name, title, ylabel, draw in length_plots]
     paths.append(_memory_plot(conn, exp_group_id, runs, styles, plots_dir / "mem_vs_budget.png"))
+    paths.append(_acc_memory_plot(conn, exp_group_id, runs, styles,
+                                  plots_dir / "acc_vs_kv_memory.png"))
     return sorted(paths, key=lambda p: PLOT_NAMES.index(p.name))

@@ -20,11 +20,10 @@ MANIFEST_SCHEMA_VERSION = 1
 def dataset_id(settings: Settings, tokenizer_id: str) -> str:
     """Stable id: the same source, sampling, tokenizer and template give the same dataset."""
     d = settings.dataset
-    key = json.dumps({
-        "name": d.name, "task": d.task, "path": d.path, "n_per_bin": d.n_per_bin,
-        "lengths": d.lengths if d.name == "synthetic" else None, "seed": d.seed,
-        "n_bins": settings.binning.n_bins, "tokenizer": tokenizer_id,
-        "template": prompt_tpl.template_hash()}, sort_keys=True)
+    # every dataset field, so no setting can silently reuse a dataset made with another
+    key = json.dumps({**d.model_dump(mode="json"), "n_bins": settings.binning.n_bins,
+                      "tokenizer": tokenizer_id, "template": prompt_tpl.template_hash()},
+                     sort_keys=True)
     return f"{d.name}-{d.task}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 

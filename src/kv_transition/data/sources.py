@@ -18,6 +18,10 @@ def load_examples(settings: Settings, count_tokens: Callable[[str], int]) -> lis
         n_each = math.ceil(cfg.n_per_bin * settings.binning.n_bins / len(cfg.lengths))
         return [ex for target in cfg.lengths
                 for ex in generate_examples(cfg.task, target, n_each, cfg.seed, count_tokens)]
+    if cfg.name == "functional":
+        from kv_transition.data.functional import load_functional
+
+        return load_functional(cfg, settings.binning.n_bins, count_tokens)
     from kv_transition.data.longbench import load_longbench
 
     return load_longbench(cfg.task, cfg.path)

@@ -14,10 +14,10 @@ from kv_transition.settings import Settings
 def load_counter(settings: Settings, models_root: Path) -> tuple[Callable[[str], int], str]:
     """Return (count_tokens, tokenizer id). The id goes into the manifest hash."""
     source = settings.model.tokenizer
-    if source is None and settings.engine.kind == "hf":
-        from kv_transition.engines.hf import resolve_model_path
+    if settings.engine.kind == "hf":
+        from kv_transition.engines.hf import resolve_model_path, tokenizer_source
 
-        source = resolve_model_path(settings.model.name, models_root)
+        source = resolve_model_path(tokenizer_source(settings.model), models_root)
     if source is None:
         # an HTTP model with no local tokenizer: count words, and say so in the manifest
         return (lambda text: len(text.split())), "whitespace-words"

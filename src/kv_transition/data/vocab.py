@@ -78,12 +78,19 @@ VAR Find variables that assigned value above According to chain variable assignm
 Read below and answer question after it Question Answer
 """.split()
 
+# The reference model's functional answer formats (reference/formats.py): a cue sentence in
+# the question selects a Python function or a JSON tool call as the answer.
+FUNCTIONAL_PUNCTUATION = ["(", ")", "[", "]", "{", "}", '"']
+FUNCTIONAL_WORDS = """
+Answer with a Python function JSON tool call def answer return name lookup arguments key value
+""".split()
+
 
 def vocabulary() -> list[str]:
     """Every token the generator can emit, in a fixed order (token ids depend on it)."""
     groups = [PUNCTUATION, DIGITS, DETERMINERS, FILLER_GLUE, NOUNS, ADJECTIVES,
               TRANSITIVE_VERBS, INTRANSITIVE_VERBS, ADVERBS, PREPOSITIONS, KEYS,
-              VARIABLE_NAMES, TEMPLATE_WORDS]
+              VARIABLE_NAMES, TEMPLATE_WORDS, FUNCTIONAL_PUNCTUATION, FUNCTIONAL_WORDS]
     # dict keeps first occurrence order: deterministic and duplicate-free
     return list(dict.fromkeys(word for group in groups for word in group))
 

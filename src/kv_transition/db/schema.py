@@ -136,9 +136,180 @@ CREATE INDEX idx_requests_run ON requests(run_id);
 CREATE INDEX idx_manifest_dataset ON manifest_entries(dataset_id, bin_idx);
 """
 
+# KV novelty probes (issue 8). layer/head -1 mean "not per layer" (predictive metrics) and
+# "all selected heads concatenated"; series are JSON arrays with null where undefined.
+SCHEMA_V3_NOVELTY = """
+CREATE TABLE novelty_runs (
+    novelty_run_id  INTEGER PRIMARY KEY,
+    exp_group_id    TEXT NOT NULL REFERENCES experiments(exp_group_id),
+    prompt_id       TEXT NOT NULL,
+    prompt_kind     TEXT NOT NULL,
+    model_name      TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    temperature     REAL NOT NULL,
+    seed            INTEGER NOT NULL,
+    capture_hash    TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    n_prompt_tokens INTEGER NOT NULL,
+    n_generated     INTEGER,
+    finish_reason   TEXT,
+    text            TEXT,
+    store           TEXT NOT NULL,
+    store_path      TEXT,
+    meta_json       TEXT NOT NULL DEFAULT '{}',
+    created_at      TEXT NOT NULL,
+    UNIQUE (exp_group_id, prompt_id)
+);
+CREATE TABLE novelty_tokens (
+    novelty_run_id INTEGER NOT NULL REFERENCES novelty_runs(novelty_run_id) ON DELETE CASCADE,
+    position       INTEGER NOT NULL,
+    token_id       INTEGER NOT NULL,
+    token_text     TEXT NOT NULL,
+    generated      INTEGER NOT NULL,
+    logprob        REAL,
+    entropy        REAL,
+    transition     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (novelty_run_id, position)
+);
+CREATE TABLE novelty_kv (
+    novelty_run_id INTEGER NOT NULL REFERENCES novelty_runs(novelty_run_id) ON DELETE CASCADE,
+    layer          INTEGER NOT NULL,
+    target         TEXT NOT NULL,
+    position       INTEGER NOT NULL,
+    vector         BLOB NOT NULL,
+    PRIMARY KEY (novelty_run_id, layer, target, position)
+);
+CREATE TABLE novelty_series (
+    novelty_run_id INTEGER NOT NULL REFERENCES novelty_runs(novelty_run_id) ON DELETE CASCADE,
+    layer          INTEGER NOT NULL,
+    head           INTEGER NOT NULL,
+    metric         TEXT NOT NULL,
+    values_json    TEXT NOT NULL,
+    PRIMARY KEY (novelty_run_id, layer, head, metric)
+);
+CREATE TABLE novelty_stats (
+    novelty_run_id INTEGER NOT NULL REFERENCES novelty_runs(novelty_run_id) ON DELETE CASCADE,
+    layer          INTEGER NOT NULL,
+    head           INTEGER NOT NULL,
+    metric         TEXT NOT NULL,
+    segment_start  INTEGER NOT NULL,
+    n              INTEGER NOT NULL,
+    mean           REAL,
+    std            REAL,
+    kurtosis       REAL,
+    skew           REAL,
+    n_spikes       INTEGER NOT NULL,
+    burstiness     REAL,
+    acf_lag1       REAL,
+    acf_band       REAL,
+    uniformity_p   REAL,
+    n_transitions  INTEGER NOT NULL,
+    transition_hits INTEGER,
+    transition_expected REAL,
+    transition_p   REAL,
+    spikes_json    TEXT NOT NULL,
+    acf_json       TEXT NOT NULL,
+    PRIMARY KEY (novelty_run_id, layer, head, metric)
+);
+CREATE TABLE novelty_compression (
+    novelty_run_id INTEGER NOT NULL REFERENCES novelty_runs(novelty_run_id) ON DELETE CASCADE,
+    layer          INTEGER NOT NULL,
+    head           INTEGER NOT NULL,
+    metric         TEXT NOT NULL,
+    kv_policy      TEXT NOT NULL,
+    kv_budget      REAL NOT NULL,
+    n_positions    INTEGER NOT NULL,
+    n_high         INTEGER NOT NULL,
+    kept_frac_all  REAL,
+    kept_frac_high REAL,
+    spearman_rho   REAL,
+    spearman_p     REAL,
+    PRIMARY KEY (novelty_run_id, layer, head, metric, kv_policy, kv_budget)
+);
+"""
+
+# The functional canary (issue 5): sandbox / tool-call sub-scores per answer, perplexity per
+# run and held-out window, and the Silent Degradation Score per compressed run.
+SCHEMA_V4_CANARY = """
+CREATE TABLE functional_scores (
+    request_id   INTEGER PRIMARY KEY REFERENCES requests(request_id),
+    kind         TEXT NOT NULL,
+    passed       INTEGER NOT NULL,
+    exit_code    INTEGER,
+    timed_out    INTEGER,
+    duration_s   REAL,
+    sandbox      TEXT,
+    stderr_tail  TEXT,
+    valid_json   INTEGER,
+    name_ok      INTEGER,
+    args_exact   INTEGER,
+    args_match   REAL,
+    schema_valid INTEGER
+);
+CREATE TABLE perplexity (
+    run_id        INTEGER NOT NULL REFERENCES runs(run_id),
+    text_id       TEXT NOT NULL,
+    text_hash     TEXT NOT NULL,
+    prefix_tokens INTEGER NOT NULL,
+    n_tokens      INTEGER NOT NULL,
+    nll_sum       REAL NOT NULL,
+    kv_bytes      INTEGER,
+    kv_bytes_full INTEGER,
+    seconds       REAL,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (run_id, text_id)
+);
+CREATE TABLE sds (
+    run_id          INTEGER PRIMARY KEY REFERENCES runs(run_id),
+    baseline_run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    n_items         INTEGER NOT NULL,
+    n_texts         INTEGER NOT NULL,
+    f_full          REAL,
+    f_comp          REAL,
+    ppl_full        REAL,
+    ppl_comp        REAL,
+    func_drop       REAL,
+    ppl_rise        REAL,
+    sds             REAL,
+    sds_ci_low      REAL,
+    sds_ci_high     REAL,
+    kv_retained     REAL,
+    kv_retained_ppl REAL,
+    verdict         TEXT NOT NULL,
+    detail_json     TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
 # (version, name, SQL). Append only.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema", SCHEMA_V1),
+    (2, "quant validation", """
+-- `kv-transition quant-validate` (issue 4): one row per mode x policy x context length x layer.
+-- layer -1 is the aggregate over layers; memory mode has no model and only ratios.
+CREATE TABLE quant_validation (
+    exp_group_id   TEXT NOT NULL REFERENCES experiments(exp_group_id),
+    mode           TEXT NOT NULL,
+    policy         TEXT NOT NULL,
+    context_tokens INTEGER NOT NULL,
+    layer          INTEGER NOT NULL,
+    model_name     TEXT,
+    head_dim       INTEGER NOT NULL,
+    group_size     INTEGER NOT NULL,
+    residual_length INTEGER NOT NULL,
+    payload_ratio  REAL,
+    true_ratio     REAL,
+    rel_mse_k      REAL,
+    rel_mse_v      REAL,
+    max_err_k      REAL,
+    max_err_v      REAL,
+    attn_rel_err   REAL,
+    params_json    TEXT NOT NULL DEFAULT '{}',
+    created_at     TEXT NOT NULL,
+    PRIMARY KEY (exp_group_id, mode, policy, context_tokens, layer)
+);
+"""),
+    (3, "novelty probes", SCHEMA_V3_NOVELTY),
+    (4, "functional canary", SCHEMA_V4_CANARY),
 ]
 
 TABLES = (

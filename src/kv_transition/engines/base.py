@@ -19,6 +19,8 @@ class GenerationRequest:
     query_aware: bool = False
     answer_prefix: str = ""
     seed: int = 0
+    # a prompt outside the project's template (the server's free text): prefilled whole, as given
+    raw_prompt: str | None = None
 
 
 @dataclass

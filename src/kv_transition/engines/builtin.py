@@ -4,6 +4,10 @@
 tokenizer, built deterministically on first use under ``<home>/data/models``. It proves the
 pipeline runs with compression applied inside a real transformers model; its answers are
 noise, and the report says so.
+
+``builtin:reference`` is the model the project trains on its synthetic tasks
+(``kv-transition reference train``), shipped inside the package under
+``assets/reference-model/`` with its model card.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from kv_transition.errors import BadInput
 
 BUILTIN_PREFIX = "builtin:"
 TINY_RANDOM = "tiny-random"
+REFERENCE = "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "assets" / "reference-model"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TINY_SEED = 1234
 _TINY_MAX_POSITIONS = 16384
 
@@ -48,12 +55,27 @@ def _build_tiny_random(out_dir: Path) -> None:
     tmp.rename(out_dir)  # atomic: a half-built model is never picked up
 
 
+def _reference_dir() -> Path:
+    """The bundled reference model, or a BadInput that says how to make it."""
+    weights = any((REFERENCE_DIR / f).is_file() for f in _WEIGHT_FILES)
+    if not (REFERENCE_DIR / "config.json").is_file() or not weights:
+        raise BadInput(
+            f"model.name '{BUILTIN_PREFIX}{REFERENCE}': the reference model's weights are not in "
+            f"this installation yet ({REFERENCE_DIR} has no config.json and model.safetensors). "
+            f"Train them on a GPU with `kv-transition reference train --out {REFERENCE_DIR} "
+            "--device cuda` (see MODEL_CARD.md there and scripts/train_reference_on_device.sh), "
+            f"or use '{BUILTIN_PREFIX}{TINY_RANDOM}'.")
+    return REFERENCE_DIR
+
+
 def resolve_builtin(name: str, models_root: Path) -> Path:
     """Return the local directory of a builtin model, building it if needed."""
     which = name[len(BUILTIN_PREFIX):]
+    if which == REFERENCE:
+        return _reference_dir()
     if which != TINY_RANDOM:
         raise BadInput(f"model.name {name!r}: unknown builtin model; allowed: "
-                       f"{BUILTIN_PREFIX}{TINY_RANDOM}")
+                       f"{BUILTIN_PREFIX}{TINY_RANDOM}, {BUILTIN_PREFIX}{REFERENCE}")
     out_dir = models_root / f"builtin-{TINY_RANDOM}"
     if not (out_dir / "config.json").is_file():
         models_root.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -20,8 +20,10 @@ from kv_transition.data import prompt as prompt_tpl
 from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
 from kv_transition.engines.builtin import is_builtin, resolve_builtin
 from kv_transition.errors import BadInput
-from kv_transition.kv.registry import make_press, policy_spec
-from kv_transition.settings import ModelConfig, PressConfig
+from kv_transition.kv.quant.accounting import cache_accounting
+from kv_transition.kv.quant.cache import compressing
+from kv_transition.kv.registry import make_cache, make_press, policy_spec
+from kv_transition.settings import ModelConfig, PressConfig, QuantConfig
 
 
 @dataclass
@@ -36,12 +38,17 @@ class PrefillState:
     seconds: float = 0.0
     seconds_to_first: float = 0.0
     applied: dict[str, Any] = field(default_factory=dict)
+    accounting: dict[str, Any] = field(default_factory=dict)  # ratios vs a 16-bit cache
 
 
 def cache_bytes(cache: Any) -> tuple[int, int]:
     """(bytes held, tokens held in the longest layer), summed from the real tensors."""
     total, longest = 0, 0
     for layer in getattr(cache, "layers", []):
+        if hasattr(layer, "stored_bytes"):  # quantized: codes + scales + zero-points + residual
+            total += layer.stored_bytes()
+            longest = max(longest, layer.get_seq_length())
+            continue
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
         if keys is None or not isinstance(keys, torch.Tensor) or keys.numel() == 0:
             continue
@@ -64,6 +71,13 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def tokenizer_source(model_cfg: ModelConfig) -> str:
+    """Where the tokenizer (and, unless systems mode, the weights) come from."""
+    if model_cfg.init == "random":
+        return model_cfg.tokenizer or "builtin:tiny-random"
+    return model_cfg.name
+
+
 def resolve_model_path(name: str, models_root: Path) -> str:
     if is_builtin(name):
         return str(resolve_builtin(name, models_root))
@@ -79,12 +93,14 @@ def resolve_model_path(name: str, models_root: Path) -> str:
 class HFEngine:
     name = "hf"
 
-    def __init__(self, model_cfg: ModelConfig, press_cfg: PressConfig, models_root: Path):
+    def __init__(self, model_cfg: ModelConfig, press_cfg: PressConfig, models_root: Path,
+                 quant_cfg: QuantConfig | None = None):
         self.model_cfg = model_cfg
         self.press_options = press_cfg.model_dump()
+        self.quant_cfg = quant_cfg or QuantConfig()
         self.device = _resolve_device(model_cfg.device)
         self.dtype = _resolve_dtype(model_cfg.dtype, self.device)
-        self.path = resolve_model_path(model_cfg.name, models_root)
+        self.path = resolve_model_path(tokenizer_source(model_cfg), models_root)
         self.attn = model_cfg.attn_implementation or "sdpa"
         self.model, self.tokenizer = self._load(self.attn)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -101,6 +117,14 @@ class HFEngine:
         local_only = not Path(self.path).exists()
         try:
             tok = AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
+            if self.model_cfg.init == "random":  # systems mode: real shape, random weights
+                from kv_transition.engines.shapes import build_random_model
+
+                model = build_random_model(self.model_cfg.shape, self.dtype, self.device, attn)
+                if len(tok) > model.config.vocab_size:
+                    raise BadInput(f"model.tokenizer has {len(tok)} tokens, more than shape "
+                                   f"{self.model_cfg.shape!r}'s vocabulary of {model.config.vocab_size}")
+                return model, tok
             model = AutoModelForCausalLM.from_pretrained(
                 self.path, dtype=self.dtype, attn_implementation=attn, local_files_only=local_only)
         except (OSError, ValueError) as exc:
@@ -136,6 +160,8 @@ class HFEngine:
 
     def prompt_texts(self, req: GenerationRequest) -> tuple[str, str]:
         """(context text, question text); the boundary is where compression stops."""
+        if req.raw_prompt is not None:
+            return req.raw_prompt, ""
         context = prompt_tpl.context_part(req.context)
         question = prompt_tpl.question_part(req.question)
         if not self.use_chat:
@@ -159,14 +185,12 @@ class HFEngine:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, policy: str, budget: float) -> PrefillState:
         """Run ``ids`` through the model under the policy's press; the cache comes back compressed."""
-        from contextlib import nullcontext
-
-        from transformers import DynamicCache
-
         press, applied = make_press(policy, budget, ids.shape[1], self.press_options)
-        cache = DynamicCache()
+        # quantization policies bring their own cache; it quantizes what the press kept
+        cache, quant_applied = make_cache(policy, budget, self.quant_cfg, self.model.config)
+        applied = {**applied, **quant_applied}
         start = self._now()
-        with press(self.model) if press is not None else nullcontext():
+        with compressing(self.model, press, cache):
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         seconds = self._now() - start
         state = PrefillState(cache, out.logits[0, -1], ids.shape[1], seconds=seconds, applied=applied)
@@ -194,8 +218,11 @@ class HFEngine:
         state.n_positions += ids.shape[1]
 
     @torch.inference_mode()
-    def decode(self, state: PrefillState, max_tokens: int, temperature: float, seed: int):
-        """Generate up to ``max_tokens``; returns (token ids, finish reason, seconds per token)."""
+    def decode(self, state: PrefillState, max_tokens: int, temperature: float, seed: int,
+               on_token: Callable[[int], None] | None = None):
+        """Generate up to ``max_tokens``; returns (token ids, finish reason, seconds per token).
+
+        ``on_token`` sees each token as it is chosen (the server streams with it)."""
         gen = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         tokens: list[int] = []
         step_times: list[float] = []
@@ -204,6 +231,8 @@ class HFEngine:
             start = self._now()
             token = self._choose(logits, temperature, gen)
             tokens.append(token)
+            if on_token is not None:
+                on_token(token)
             if token in self.eos_ids:
                 step_times.append(self._now() - start)
                 return tokens, "stop", step_times
@@ -236,7 +265,8 @@ class HFEngine:
             pass  # the real requests will record whatever is wrong
 
     # -- one request ----------------------------------------------------------------------
-    def generate(self, req: GenerationRequest) -> GenerationResult:
+    def generate(self, req: GenerationRequest,
+                 on_token: Callable[[int], None] | None = None) -> GenerationResult:
         ctx_ids, q_ids = self.encode(req)
         n_prompt = ctx_ids.shape[1] + q_ids.shape[1]
         if self.max_positions and n_prompt + req.max_tokens > self.max_positions:
@@ -246,20 +276,26 @@ class HFEngine:
         self._reset_peak()
         start = self._now()
         try:
-            state, tokens, finish, steps = self._run(req, ctx_ids, q_ids)
+            state, tokens, finish, steps = self._run(req, ctx_ids, q_ids, on_token)
         except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
             # a press that cannot handle this input, or out of memory: a failure of this request
             raise EngineError(f"{req.policy}@{req.budget}: {exc.__class__.__name__}: {exc}",
                               transient=False) from exc
         latency = self._now() - start
+        return self.result(req, state, tokens, finish, steps, ctx_ids, q_ids, latency)
+
+    def result(self, req: GenerationRequest, state: PrefillState, tokens: list[int], finish: str,
+               steps: list[float], ctx_ids: torch.Tensor, q_ids: torch.Tensor, latency: float,
+               **extra_notes: Any) -> GenerationResult:
+        """Package one answered request: text, timings, memory and KV accounting."""
         text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids],
                                      skip_special_tokens=True).strip()
         peak, scope = self._peak_mb()
         ttfb = state.seconds_to_first
         return GenerationResult(
-            text=text, finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=len(tokens),
-            latency_s=latency, ttfb_s=ttfb, prefill_s=state.seconds, decode_s=latency - ttfb,
-            peak_mem_mb=peak, kv_bytes=state.kv_bytes,
+            text=text, finish_reason=finish, prompt_tokens=int(ctx_ids.shape[1] + q_ids.shape[1]),
+            completion_tokens=len(tokens), latency_s=latency, ttfb_s=ttfb, prefill_s=state.seconds,
+            decode_s=latency - ttfb, peak_mem_mb=peak, kv_bytes=state.kv_bytes,
             raw={"token_ids": tokens, "applied": state.applied},
             notes={"peak_mem_scope": scope, "device": str(self.device), "dtype": str(self.dtype),
                    "context_tokens": int(ctx_ids.shape[1]), "question_tokens": int(q_ids.shape[1]),
@@ -267,9 +303,11 @@ class HFEngine:
                    "kv_ratio": (state.kv_bytes / state.kv_bytes_uncompressed
                                 if state.kv_bytes_uncompressed else None),
                    "decode_s_per_token_median": _median(steps[1:]),
-                   "chat_template": self.use_chat, "query_aware": req.query_aware})
+                   "chat_template": self.use_chat, "query_aware": req.query_aware,
+                   **state.accounting, **extra_notes})
 
-    def _run(self, req: GenerationRequest, ctx_ids: torch.Tensor, q_ids: torch.Tensor):
+    def _run(self, req: GenerationRequest, ctx_ids: torch.Tensor, q_ids: torch.Tensor,
+             on_token: Callable[[int], None] | None = None):
         start = self._now()
         if req.query_aware:
             state = self.prefill(torch.cat([ctx_ids, q_ids], dim=1), req.policy, req.budget)
@@ -280,7 +318,9 @@ class HFEngine:
         # what decoding attends to: the compressed context plus the uncompressed question
         state.kv_bytes = cache_bytes(state.cache)[0]
         state.kv_bytes_uncompressed = self._full_bytes(state)
-        tokens, finish, steps = self.decode(state, req.max_tokens, req.temperature, req.seed)
+        state.accounting = self._accounting(state)
+        tokens, finish, steps = self.decode(state, req.max_tokens, req.temperature, req.seed,
+                                            on_token)
         state.seconds_to_first = state.seconds + (steps[0] if steps else 0.0)
         return state, tokens, finish, steps
 
@@ -292,6 +332,17 @@ class HFEngine:
         elem = torch.finfo(self.dtype).bits // 8
         prefilled = state.n_positions  # before decoding: context (+ question)
         return 2 * cfg.num_hidden_layers * heads * head_dim * elem * prefilled
+
+    def _accounting(self, state: PrefillState) -> dict[str, Any]:
+        """Payload and true ratios against a 16-bit cache, with the nominal budget applied."""
+        notes = cache_accounting(state.cache, state.n_positions, self.model.config, self.dtype)
+        for key in ("kv_budget_nominal", "fits_budget"):
+            if key in state.applied:
+                notes[key] = state.applied[key]
+        if hasattr(state.cache, "width_counts"):  # adaptive: tokens x layers per width
+            notes["adaptive_widths"] = {str(b): n for b, n in state.cache.width_counts().items()}
+            notes["fits_budget"] = state.cache.fits_budget()
+        return notes
 
     # -- measurement -----------------------------------------------------------------------
     def _now(self) -> float:
@@ -316,8 +367,10 @@ class HFEngine:
 
 
 def _uneven_layers(cache: Any) -> bool:
-    lengths = {layer.keys.shape[-2] for layer in getattr(cache, "layers", [])
-               if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()}
+    # get_seq_length, not keys: a quantized layer's keys are only its full-precision residual
+    lengths = {layer.get_seq_length() for layer in getattr(cache, "layers", [])
+               if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()
+               or getattr(layer, "sealed", False)}
     return len(lengths) > 1
 
 

@@ -16,10 +16,14 @@ BASELINE_POLICY = "full"
 @dataclass(frozen=True)
 class PolicySpec:
     name: str
-    family: str  # "baseline" | "eviction"
+    family: str  # "baseline" | "eviction" | "quant" | "eviction+quant"
     press: str | None  # kvpress class name
     needs_attention_weights: bool = False  # needs attn_implementation="eager"
+    # compression is a pure function of one layer's prefill inputs, so one prefill can serve
+    # every budget (engines/shared_prefill.py); false for masking or multi-pass presses
+    shared_prefill: bool = True
     description: str = ""
+    quant: str | None = None  # a kv/quant policy, applied to what the press (if any) kept
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -46,14 +50,62 @@ POLICIES: dict[str, PolicySpec] = {
 }
 
 
+# Quantization (kv/quant/policies.py): fixed names here; "kivi-kXvY" and "EVICTION+QUANT"
+# (an eviction press, then quantization of what it kept) are parsed by policy_spec.
+def _quant_specs() -> dict[str, PolicySpec]:
+    from kv_transition.kv.quant.policies import DESCRIPTIONS
+
+    return {name: PolicySpec(name, "quant", None, shared_prefill=False, quant=name,
+                             description=text) for name, text in DESCRIPTIONS.items()}
+
+
+POLICIES.update(_quant_specs())
+EVICTION_POLICIES = tuple(n for n, s in POLICIES.items() if s.family == "eviction")
+
+
+def _parsed_spec(name: str) -> PolicySpec:
+    """A composed or parameterised name; ValueError says what is wrong with it."""
+    from kv_transition.kv.quant.policies import is_quant_name, parse_quant, split_policy
+    from kv_transition.settings import QuantConfig
+
+    evict, quant = split_policy(name, EVICTION_POLICIES)
+    if evict is None and quant is not None:
+        parse_quant(quant, QuantConfig())
+        return PolicySpec(name, "quant", None, shared_prefill=False, quant=quant)
+    if evict is not None and quant is not None and is_quant_name(quant):
+        base = POLICIES[evict]
+        return PolicySpec(name, "eviction+quant", base.press, base.needs_attention_weights,
+                          shared_prefill=False, quant=quant,
+                          description=f"{base.description}, then {quant} quantization")
+    raise ValueError(f"unknown policy {name!r}; allowed: {', '.join(sorted(POLICIES))}, "
+                     "kivi-kXvY, or EVICTION+QUANT such as snapkv+int4")
+
+
 def policy_spec(name: str) -> PolicySpec:
     try:
         return POLICIES[name]
     except KeyError:
         from kv_transition.errors import BadInput
 
-        raise BadInput(
-            f"unknown policy {name!r}; allowed: {', '.join(sorted(POLICIES))}") from None
+        try:
+            return _parsed_spec(name)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+
+
+def check_policies(names: list[str], budgets: list[float], quant_cfg) -> None:
+    """Config-time check of every policy x budget cell; ValueError names what cannot run."""
+    from kv_transition.errors import BadInput
+    from kv_transition.kv.quant.policies import check_setting
+
+    for name in names:
+        try:
+            policy_spec(name)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
+        for budget in budgets:
+            if budget < 1.0:
+                check_setting(name, budget, quant_cfg, EVICTION_POLICIES)
 
 
 def make_press(name: str, budget: float, n_context_tokens: int, options: dict[str, Any] | None = None):
@@ -63,6 +115,8 @@ def make_press(name: str, budget: float, n_context_tokens: int, options: dict[st
     a window clamped to a short context changes what the policy does.
     """
     spec = policy_spec(name)
+    if spec.quant is not None and budget < 1.0:
+        return _quant_press(spec, budget, n_context_tokens, options)
     if spec.press is None or budget >= 1.0:
         return None, {"policy": BASELINE_POLICY, "compression_ratio": 0.0}
     import kvpress
@@ -80,3 +134,30 @@ def make_press(name: str, budget: float, n_context_tokens: int, options: dict[st
     if "seed" in fields:
         kwargs["seed"] = 0
     return cls(**kwargs), {"policy": name, **kwargs}
+
+
+def _quant_press(spec: PolicySpec, budget: float, n_context_tokens: int, options):
+    """A quantized policy's press: none, or for EVICTION+QUANT the eviction press keeping
+    min(1, budget / nominal) of the tokens, so the two multiply to the budget."""
+    from kv_transition.kv.quant.policies import eviction_keep
+
+    if spec.press is None:
+        return None, {"policy": spec.name, "compression_ratio": 0.0}
+    keep = eviction_keep(spec.quant, budget)
+    press, applied = (None, {"compression_ratio": 0.0}) if keep >= 1.0 else \
+        make_press(spec.name.split("+")[0], keep, n_context_tokens, options)
+    return press, {**applied, "policy": spec.name, "evict_keep": keep}
+
+
+def make_cache(name: str, budget: float, quant_cfg, model_config):
+    """The cache the prefill fills: a quantized cache for quantization policies, otherwise a
+    ``DynamicCache``. Returns ``(cache, applied)``, ``applied`` the widths actually used."""
+    spec = policy_spec(name)
+    if spec.quant is None or budget >= 1.0:
+        from transformers import DynamicCache
+
+        return DynamicCache(), {}
+    from kv_transition.kv.quant.factory import make_quant_cache
+
+    return make_quant_cache(spec.quant, budget, quant_cfg, model_config,
+                            composed=spec.press is not None)

@@ -18,6 +18,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from kv_transition.analysis import queries
 from kv_transition.analysis.aggregate import CORRECT_AT, MIB, run_memory
 from kv_transition.analysis.plots import PLOT_NAMES, run_label, scope_label
+from kv_transition.analysis.sds import report_section as sds_section
+from kv_transition.probes.report import link_section as novelty_link_section
 from kv_transition.analysis.transition import bin_span
 from kv_transition.errors import BadInput
 
@@ -30,6 +32,9 @@ FIGURES = {
     "flip_vs_len.png": "Flip rate: answers whose correctness differs from the full cache",
     "latency_vs_len.png": "Latency per request: p50, whisker to p95",
     "mem_vs_budget.png": "Measured KV cache size and peak memory vs budget",
+    "acc_vs_kv_memory.png": "Accuracy vs measured KV memory, every policy on one axis: the true "
+                            "bytes held (codes + scales + zero-points + full-precision residual), "
+                            "each point labelled with its nominal budget",
 }
 
 
@@ -338,6 +343,39 @@ def _summary(d: Row, setup: Row, findings: list[str]) -> str:
             f"({span}) and {setup['n_evaluated']} evaluated requests. {headline}").strip()
 
 
+def _accounting(conn: sqlite3.Connection, d: Row) -> Row:
+    """Per run: nominal budget vs payload and true ratios against a 16-bit cache (means of the
+    per-request figures the engine measured from the stored tensors)."""
+    import json
+
+    from kv_transition.kv.quant.accounting import ratios_from_notes
+
+    notes: dict[int, list[Row]] = defaultdict(list)
+    for r in queries.request_rows(conn, d["experiment"]["exp_group_id"]):
+        n = ratios_from_notes(json.loads(r["notes_json"] or "{}"))
+        if n is not None:
+            notes[r["run_id"]].append(n)
+    mean = lambda rows, k: (sum(r[k] for r in rows) / len(rows)  # noqa: E731
+                            if rows and all(r.get(k) is not None for r in rows) else None)
+    rows = [{"setting": run["label"], "budget": f"{float(run['kv_budget']):g}",
+             "nominal": fmt(mean(notes[run["run_id"]], "kv_budget_nominal")),
+             "payload": fmt(mean(notes[run["run_id"]], "kv_ratio_payload")),
+             "true": fmt(mean(notes[run["run_id"]], "kv_ratio_true"))}
+            for run in d["runs"] if notes.get(run["run_id"])]
+    caveats = sorted({n["kv_ratio_note"] for rows_ in notes.values() for n in rows_
+                      if n.get("kv_ratio_note")})
+    return {"rows": rows, "caveats": caveats}
+
+
+ACCURACY_PLOTS = ("acc_vs_len.png", "std_vs_len.png", "flip_vs_len.png", "acc_vs_kv_memory.png")
+
+
+def _systems_mode(config: Row) -> str | None:
+    """The shape name when the model has random weights of a real architecture (systems mode)."""
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    return model.get("shape") if model.get("init") == "random" else None
+
+
 def report_context(conn: sqlite3.Connection, exp_group_id: str, run_dir: Path) -> Row:
     d = _load(conn, exp_group_id)
     setup = _setup(conn, d)
@@ -345,14 +383,19 @@ def report_context(conn: sqlite3.Connection, exp_group_id: str, run_dir: Path) -
     models = _distinct(d["runs"], "model_name")
     random_model = any(m.startswith(RANDOM_MODEL_PREFIX) for m in models)
     plots_dir = Path(run_dir) / "plots"
+    systems = _systems_mode(d["config"])
+    if systems:  # random weights of a real shape: only latency and memory mean anything
+        findings = [f for f in findings if f.startswith("Memory")]
     return {
         "exp_group_id": exp_group_id, "summary": _summary(d, setup, findings),
-        "random_model": random_model, "setup": setup, "ci": d["ci"],
+        "random_model": random_model, "setup": setup, "ci": d["ci"], "systems_mode": systems,
         "figures": [{"name": n, "caption": FIGURES[n], "exists": (plots_dir / n).is_file()}
-                    for n in PLOT_NAMES],
-        "results": _results(d), "findings": findings, "transitions": _transitions(d),
+                    for n in PLOT_NAMES if not (systems and n in ACCURACY_PLOTS)],
+        "results": [] if systems else _results(d), "findings": findings, "transitions": _transitions(d),
         "failures": _failures(d), "limitations": _limitations(d, random_model),
-        "mem_scope": scope_label(_scopes(d)),
+        "mem_scope": scope_label(_scopes(d)), "accounting": _accounting(conn, d),
+        "sds": sds_section(conn, exp_group_id, run_dir),  # None: no SDS data, no section
+        "novelty": novelty_link_section(conn, exp_group_id),  # None: no novelty probe rows
     }
 
 

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kv_transition.db.connect import transaction
 from kv_transition.kv.registry import BASELINE_POLICY
-from kv_transition.run.runner import ensure_requests, run_setting
+from kv_transition.run.runner import ensure_requests, run_setting, run_shared
 from kv_transition.settings import Settings
 
 
@@ -31,6 +31,12 @@ def _run_id(conn: sqlite3.Connection, settings: Settings, ds_id: str, policy: st
     return row["run_id"] if row else None
 
 
+def _model_label(settings: Settings) -> str:
+    """What the runs table calls the model; systems mode names the shape, not a checkpoint."""
+    model = settings.model
+    return f"random:{model.shape}" if model.init == "random" else model.name
+
+
 def _create_run(conn: sqlite3.Connection, settings: Settings, ds_id: str, policy: str,
                 budget: float) -> int:
     base_url = None
@@ -43,7 +49,7 @@ def _create_run(conn: sqlite3.Connection, settings: Settings, ds_id: str, policy
             "INSERT INTO runs(exp_group_id, dataset_id, kv_policy, kv_budget, engine_name, base_url, "
             "model_name, query_aware, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
             (settings.output.exp_group_id, ds_id, policy, budget, settings.engine.kind, base_url,
-             settings.model.name, int(settings.kv.query_aware),
+             _model_label(settings), int(settings.kv.query_aware),
              datetime.now(timezone.utc).isoformat()))
     return cur.lastrowid
 
@@ -75,20 +81,45 @@ def run_grid(conn: sqlite3.Connection, settings: Settings, ds_id: str, engine_fa
     try:
         with _progress(show_progress) as progress:
             task = progress.add_task("", total=sum(left.values()))
+            advance = lambda: progress.advance(task)  # noqa: E731
+            shared = _shared_settings(settings, engine, grid, left)
+            if shared:
+                runs = {s: _ensure_run(conn, settings, ds_id, *s) for s in shared}
+                progress.update(task, description=f"shared prefill x{len(shared)}")
+                engine.warmup(*shared[-1])
+                done += run_shared(conn, engine, runs, settings, on_done=advance)
             for policy, budget in grid:
-                if not left[(policy, budget)]:
+                if not left[(policy, budget)] or (policy, budget) in shared:
                     continue
-                run_id = _run_id(conn, settings, ds_id, policy, budget) or \
-                    _create_run(conn, settings, ds_id, policy, budget)
-                ensure_requests(conn, run_id, ds_id, settings)
+                run_id = _ensure_run(conn, settings, ds_id, policy, budget)
                 progress.update(task, description=f"{policy} @ {budget:g}")
                 if hasattr(engine, "warmup"):  # latency is only honest after a warm-up
                     engine.warmup(policy, budget)
                 done += run_setting(conn, engine, run_id, policy, budget, settings,
-                                    on_done=lambda: progress.advance(task))
+                                    on_done=advance)
     finally:
         engine.close()
     return done
+
+
+def _ensure_run(conn: sqlite3.Connection, settings: Settings, ds_id: str, policy: str,
+                budget: float) -> int:
+    run_id = _run_id(conn, settings, ds_id, policy, budget) or \
+        _create_run(conn, settings, ds_id, policy, budget)
+    ensure_requests(conn, run_id, ds_id, settings)
+    return run_id
+
+
+def _shared_settings(settings: Settings, engine, grid: list[tuple[str, float]],
+                     left: dict) -> list[tuple[str, float]]:
+    """Settings with work left that one prefill per example can serve exactly."""
+    if not settings.kv.shared_prefill or getattr(engine, "name", "") != "hf":
+        return []
+    # imported only now: it imports torch, which an HTTP-only run never needs
+    from kv_transition.engines.shared_prefill import can_share
+
+    shared = [s for s in grid if left[s] and can_share(s[0])]
+    return shared if len(shared) > 1 else []
 
 
 def _progress(enabled: bool) -> Progress:

@@ -3,14 +3,16 @@
 A sweep sends thousands of requests to one server; when it hiccups (restart, overload, 429) we
 want the request to succeed late rather than be recorded as a compression failure. Full jitter
 (a uniform delay in [0, cap]) keeps many workers from retrying in lockstep. Errors that are not
-transient (a 400, a bad model name) are the user's to fix and propagate at once.
+transient (a 400, a bad model name, a stream that broke after the answer began) propagate at
+once: the engine decides what is transient, this module only decides when to try again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from kv_transition.engines.base import EngineError
 
@@ -60,4 +62,26 @@ def call_with_retries(
             if on_retry is not None:
                 on_retry(attempt + 1, err, delay)
             sleep(delay)
+            attempt += 1
+
+
+async def acall_with_retries(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    max_retries: int,
+    backoff_s: float,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> tuple[T, int]:
+    """``call_with_retries`` for coroutines: the wait yields to the other requests in flight."""
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        try:
+            return await fn(), attempt + 1
+        except EngineError as err:
+            err.attempts = attempt + 1
+            if not err.transient or attempt >= max_retries:
+                raise
+            await sleep(backoff_delay(attempt, backoff_s, rng, getattr(err, "retry_after", None)))
             attempt += 1

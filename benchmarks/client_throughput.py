@@ -1,0 +1,190 @@
+"""Throughput and own overhead of the `openai` engine against a fixed-delay local server.
+
+A server (benchmarks/delay_server.py, its own process) answers every request after a fixed
+delay with a streamed answer. With that delay d, c requests in flight can at best finish c/d
+per second, so the ratio to c/d shows what the client loses as concurrency grows (1, 4, 16,
+64). Beside it, sequential loops: the engine's one-at-a-time `generate`, and bare httpx
+(sync, and async reading the stream line by line; no SSE parsing, no bookkeeping), the floor
+under the engine's own cost. Client overhead per request is the client process's CPU time per
+request (all threads; the server is another process), and the median latency above the delay.
+Prints a table and writes it to benchmarks/results/client_throughput_<delay>ms.md.
+
+    .venv/bin/python benchmarks/client_throughput.py [--delay-ms 50] [--tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from kv_transition.engines.base import GenerationRequest
+from kv_transition.engines.openai_compat import OpenAIEngine
+from kv_transition.settings import Settings
+
+RESULTS = Path(__file__).parent / "results"
+CONCURRENCY = (1, 4, 16, 64)
+
+
+def _start_server(delay_ms: float, tokens: int) -> tuple[subprocess.Popen, str]:
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("delay_server.py")), "--delay-ms",
+         str(delay_ms), "--tokens", str(tokens)], stdout=subprocess.PIPE, text=True)
+    line = server.stdout.readline()
+    if not line.startswith("PORT "):
+        server.kill()
+        raise SystemExit(f"delay server did not start: {line!r}")
+    return server, f"http://127.0.0.1:{int(line.split()[1])}/v1"
+
+
+def _engine(base_url: str, concurrency: int, stream: bool = True) -> OpenAIEngine:
+    settings = Settings.model_validate({
+        "model": {"name": "bench"},
+        "engine": {"kind": "openai", "base_url": base_url, "concurrency": concurrency,
+                   "stream": stream, "request": {"max_retries": 0, "timeout_s": 30}}})
+    return OpenAIEngine(settings)
+
+
+def _requests(n: int, tokens: int) -> list[GenerationRequest]:
+    context = "lorem ipsum " * 200  # a realistic body size: a few KB of prompt per request
+    return [GenerationRequest(context, f"question {i}?", tokens, seed=i) for i in range(n)]
+
+
+def _measure(run, n: int) -> tuple[float, float, list[float]]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    latencies = run()
+    return time.perf_counter() - wall, time.process_time() - cpu, latencies
+
+
+def concurrent_row(base_url: str, c: int, delay_s: float, tokens: int) -> dict:
+    n = max(40, 20 * c)
+    requests = _requests(n, tokens)
+    with _engine(base_url, c) as engine:
+        list(engine.generate_many(requests[:c]))  # warm-up: connections opened, code paths hot
+
+        def run():
+            outcomes = list(engine.generate_many(requests))
+            bad = [o for o in outcomes if o.error is not None]
+            if bad:
+                raise SystemExit(f"request failed: {bad[0].error}")
+            return [o.result.latency_s for o in outcomes]
+        wall, cpu, lat = _measure(run, n)
+    return _row(f"generate_many, concurrency {c}", c, n, wall, cpu, lat, delay_s)
+
+
+def sequential_row(base_url: str, delay_s: float, tokens: int) -> dict:
+    n = 40
+    requests = _requests(n, tokens)
+    with _engine(base_url, 1) as engine:
+        engine.generate(requests[0])
+
+        def run():
+            return [engine.generate(r).latency_s for r in requests]
+        wall, cpu, lat = _measure(run, n)
+    return _row("sequential engine.generate loop", 1, n, wall, cpu, lat, delay_s)
+
+
+def bare_httpx_row(base_url: str, delay_s: float, tokens: int) -> dict:
+    n = 40
+    body = {"model": "bench", "messages": [{"role": "user", "content": "lorem ipsum " * 200}],
+            "max_tokens": tokens, "stream": True}
+    with httpx.Client(timeout=30) as client:
+        client.post(f"{base_url}/chat/completions", json=body).read()
+
+        def run():
+            out = []
+            for _ in range(n):
+                start = time.perf_counter()
+                client.post(f"{base_url}/chat/completions", json=body).read()
+                out.append(time.perf_counter() - start)
+            return out
+        wall, cpu, lat = _measure(run, n)
+    return _row("sequential bare httpx.Client loop", 1, n, wall, cpu, lat, delay_s)
+
+
+def bare_async_row(base_url: str, delay_s: float, tokens: int) -> dict:
+    """httpx.AsyncClient reading the stream line by line: the floor under the engine's cost."""
+    import asyncio
+
+    n = 40
+    body = {"model": "bench", "messages": [{"role": "user", "content": "lorem ipsum " * 200}],
+            "max_tokens": tokens, "stream": True}
+
+    async def one(client: httpx.AsyncClient) -> float:
+        start = time.perf_counter()
+        async with client.stream("POST", f"{base_url}/chat/completions", json=body) as r:
+            async for _ in r.aiter_lines():
+                pass
+        return time.perf_counter() - start
+
+    async def loop() -> tuple[float, float, list[float]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            await one(client)
+            cpu, wall = time.process_time(), time.perf_counter()
+            lat = [await one(client) for _ in range(n)]
+            return time.perf_counter() - wall, time.process_time() - cpu, lat
+
+    wall, cpu, lat = asyncio.run(loop())
+    return _row("sequential bare httpx.AsyncClient stream loop", 1, n, wall, cpu, lat, delay_s)
+
+
+def _row(mode: str, c: int, n: int, wall: float, cpu: float, lat: list[float],
+         delay_s: float) -> dict:
+    ideal = c / delay_s
+    return {"mode": mode, "c": c, "n": n, "rps": n / wall, "ideal": ideal,
+            "pct": 100.0 * (n / wall) / ideal, "cpu_ms": 1000.0 * cpu / n,
+            "over_ms": 1000.0 * (statistics.median(lat) - delay_s)}
+
+
+def table(rows: list[dict], delay_ms: float, tokens: int, load: tuple[float, ...]) -> str:
+    lines = [
+        f"delay {delay_ms:g} ms, {tokens} streamed chunks per answer, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{load[0]:.1f} -> {os.getloadavg()[0]:.1f} (other processes compete for the CPUs), "
+        f"Python {platform.python_version()}, httpx {httpx.__version__}",
+        "",
+        "| mode | in flight | requests | req/s | ideal c/delay | % of ideal | client CPU ms/req "
+        "| median latency − delay, ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['c']} | {r['n']} | {r['rps']:.1f} | {r['ideal']:.1f} | "
+                     f"{r['pct']:.1f} | {r['cpu_ms']:.2f} | {r['over_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay-ms", type=float, default=50.0)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    args = parser.parse_args()
+    load = os.getloadavg()
+    server, base_url = _start_server(args.delay_ms, args.tokens)
+    delay_s = args.delay_ms / 1000.0
+    try:
+        rows = [bare_httpx_row(base_url, delay_s, args.tokens),
+                bare_async_row(base_url, delay_s, args.tokens),
+                sequential_row(base_url, delay_s, args.tokens)]
+        rows += [concurrent_row(base_url, c, delay_s, args.tokens) for c in args.concurrency]
+    finally:
+        server.terminate()
+        server.wait()
+    text = table(rows, args.delay_ms, args.tokens, load)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"client_throughput_{args.delay_ms:g}ms.md"
+    out.write_text("# client_throughput\n\n`.venv/bin/python benchmarks/client_throughput.py "
+                   f"--delay-ms {args.delay_ms:g} --tokens {args.tokens}`\n\n{text}\n")
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

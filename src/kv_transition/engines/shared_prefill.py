@@ -1,0 +1,151 @@
+"""One prefill, many budgets: compress each layer once per setting during a single forward.
+
+Why this is exact: a kvpress prefill press compresses layer l's cache *after* layer l's
+attention ran on the full keys, and no later layer reads layer l's cache during prefill, so the
+hidden states, the logits and every layer's press inputs are the same whatever the budget. We
+therefore run the forward once, and in each layer's hook call every setting's own press on the
+same inputs, writing the result into that setting's own cache. The kept indices, the caches and
+so the greedy tokens are identical to separate prefills (tests/engines/test_shared_prefill.py).
+
+Only presses whose compression is a pure function of the layer's prefill inputs qualify
+(``PolicySpec.shared_prefill``); others fall back to a fresh prefill, decided by that flag.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
+from kv_transition.kv.registry import make_press, policy_spec
+
+Setting = tuple[str, float]  # (policy, budget)
+
+
+def can_share(policy: str) -> bool:
+    spec = policy_spec(policy)
+    return spec.family in ("baseline", "eviction") and spec.shared_prefill
+
+
+@dataclass
+class _LayerHook:
+    presses: dict[Setting, Any]  # None for the full cache
+    caches: dict[Setting, Any]
+    compress_s: dict[Setting, float] = field(default_factory=dict)
+
+    def __call__(self, module, inputs, kwargs, output):
+        from kvpress.presses.base_press import is_prefilling
+        from kvpress.utils import extract_keys_and_values
+
+        hidden = kwargs["hidden_states"]
+        if not is_prefilling(kwargs["cache_position"], hidden.shape[1]):
+            return output
+        keys, values = extract_keys_and_values(kwargs["past_key_values"], module.layer_idx)
+        for setting, press in self.presses.items():
+            start = time.perf_counter()
+            k, v = (keys, values) if press is None else press.compress(
+                module, hidden, keys, values, output[1], kwargs)
+            self.caches[setting].update(k, v, module.layer_idx)
+            self.compress_s[setting] = self.compress_s.get(setting, 0.0) + time.perf_counter() - start
+        return output
+
+
+@contextmanager
+def _hooked(model, hook: _LayerHook) -> Iterator[None]:
+    for press in hook.presses.values():
+        if press is not None:
+            press.post_init_from_model(model)
+    language_model = model.model.language_model if hasattr(model.model, "language_model") else model.model
+    handles = []
+    try:
+        for layer in language_model.layers:
+            layer.self_attn.rotary_emb = language_model.rotary_emb  # some presses read it, as kvpress does
+            handles.append(layer.self_attn.register_forward_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.inference_mode()
+def prefill_settings(engine, ids: torch.Tensor, settings: list[Setting]):
+    """One forward over ``ids``; returns ({setting: PrefillState}, forward seconds, compress seconds)."""
+    from transformers import DynamicCache
+
+    from kv_transition.engines.hf import PrefillState, cache_bytes
+
+    presses, applied = {}, {}
+    for policy, budget in settings:
+        presses[(policy, budget)], applied[(policy, budget)] = make_press(
+            policy, budget, ids.shape[1], engine.press_options)
+    hook = _LayerHook(presses, {s: DynamicCache() for s in settings})
+    scratch = DynamicCache()  # the forward's own cache; each setting gets its copy in the hook
+    start = engine._now()
+    with _hooked(engine.model, hook):
+        out = engine.model(input_ids=ids, past_key_values=scratch, use_cache=True, logits_to_keep=1)
+    seconds = engine._now() - start
+    del scratch
+    states = {}
+    for s in settings:
+        state = PrefillState(hook.caches[s], out.logits[0, -1].clone(), ids.shape[1],
+                             applied=applied[s])
+        state.kv_bytes = cache_bytes(state.cache)[0]
+        states[s] = state
+    return states, seconds, hook.compress_s
+
+
+def generate_settings(engine, req: GenerationRequest,
+                      settings: list[Setting]) -> dict[Setting, GenerationResult]:
+    """Answer ``req`` under every setting from one shared prefill of the context."""
+    if any(not can_share(p) for p, _ in settings):
+        raise ValueError("generate_settings needs policies that declare shared_prefill")
+    # H2O needs eager attention, whose weights other presses would then read instead of
+    # recomputing: keep the groups apart so each matches its own fresh prefill bit for bit.
+    eager = [s for s in settings if policy_spec(s[0]).needs_attention_weights]
+    rest = [s for s in settings if s not in eager]
+    results = {}
+    for group, policy in ((rest, "full"), (eager, "h2o")):
+        if group:
+            engine._attention_for(policy)
+            results.update(_generate_group(engine, req, group))
+    return results
+
+
+def _generate_group(engine, req: GenerationRequest,
+                    settings: list[Setting]) -> dict[Setting, GenerationResult]:
+    ctx_ids, q_ids = engine.encode(req)
+    n_prompt = ctx_ids.shape[1] + q_ids.shape[1]
+    if engine.max_positions and n_prompt + req.max_tokens > engine.max_positions:
+        raise EngineError(f"prompt of {n_prompt} tokens + {req.max_tokens} new tokens exceeds "
+                          f"the model's {engine.max_positions} positions", transient=False)
+    engine._reset_peak()
+    prompt = torch.cat([ctx_ids, q_ids], dim=1) if req.query_aware else ctx_ids
+    states, forward_s, compress_s = prefill_settings(engine, prompt, settings)
+    overhead = sum(compress_s.values())
+    return {s: _finish(engine, req, states[s], forward_s - overhead + compress_s.get(s, 0.0),
+                       ctx_ids, q_ids, len(settings)) for s in settings}
+
+
+def _finish(engine, req: GenerationRequest, state, prefill_s: float, ctx_ids, q_ids,
+            group: int) -> GenerationResult:
+    """Question (if asked after compression) and decoding for one setting; times are its own."""
+    from kv_transition.engines.hf import cache_bytes
+
+    start = engine._now()
+    if not req.query_aware:
+        engine.extend(state, q_ids)
+    state.seconds = prefill_s + (engine._now() - start)
+    state.kv_bytes = cache_bytes(state.cache)[0]
+    state.kv_bytes_uncompressed = engine._full_bytes(state)
+    state.accounting = engine._accounting(state)
+    tokens, finish, steps = engine.decode(state, req.max_tokens, req.temperature, req.seed)
+    state.seconds_to_first = state.seconds + (steps[0] if steps else 0.0)
+    scope = engine._peak_mb()[1]
+    return engine.result(req, state, tokens, finish, steps, ctx_ids, q_ids,
+                         state.seconds + sum(steps), shared_prefill=True,
+                         shared_prefill_group=group,
+                         peak_mem_scope=scope if scope == "process" else "shared-prefill group")

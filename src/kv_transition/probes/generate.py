@@ -1,0 +1,96 @@
+"""Generate with the capture hooks attached, scoring every token under the model's logits.
+
+A dedicated loop rather than ``HFEngine.decode``: the probe needs the K/V of every generated
+token, including the last one (the engine never feeds its last token back), plus the log
+probability and entropy at each step, and never compresses. It uses the engine's loaded model
+and tokenizer, so prompts are encoded as the experiment would encode them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from kv_transition.probes.metrics import logprob_and_entropy
+
+_LOGIT_CHUNK = 256  # prompt rows scored at a time: bounds memory on large vocabularies
+
+
+@dataclass
+class ProbeGeneration:
+    token_ids: list[int]  # every position: prompt then generated
+    n_prompt: int
+    logprob: np.ndarray  # per position; NaN at position 0 (nothing predicts it)
+    entropy: np.ndarray  # entropy of the distribution that chose/predicted the position
+    finish_reason: str
+    cache: Any  # the DynamicCache after generation
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.token_ids) - self.n_prompt
+
+
+def encode_prompt(engine, text: str) -> list[int]:
+    """The prompt as the engine would send it: chat template when the model has one."""
+    tok = engine.tokenizer
+    if engine.use_chat:
+        ids = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                      add_generation_prompt=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        return list(ids)
+    return list(tok(text).input_ids)
+
+
+def _score_rows(logits: torch.Tensor, next_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    lps, ents = [], []
+    for start in range(0, len(next_ids), _LOGIT_CHUNK):
+        rows = logits[start:start + _LOGIT_CHUNK].float().cpu().numpy()
+        lp, ent = logprob_and_entropy(rows, np.array(next_ids[start:start + _LOGIT_CHUNK]))
+        lps.append(lp)
+        ents.append(ent)
+    empty = np.empty(0)
+    return (np.concatenate(lps) if lps else empty, np.concatenate(ents) if ents else empty)
+
+
+def _choose(logits: torch.Tensor, temperature: float, gen) -> int:
+    if temperature <= 0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+@torch.inference_mode()
+def generate_with_capture(model, prompt_ids: list[int], capture, max_new_tokens: int,
+                          temperature: float = 0.0, seed: int = 0,
+                          eos_ids: set[int] | None = None) -> ProbeGeneration:
+    """Prefill, then decode up to ``max_new_tokens``, feeding every token back once."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    cache = DynamicCache()
+    ids = list(prompt_ids)
+    with capture.attach(model):
+        out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache,
+                    use_cache=True)
+        lp, ent = _score_rows(out.logits[0, :-1], ids[1:])
+        logprobs, entropies = [np.nan, *lp.tolist()], [np.nan, *ent.tolist()]
+        logits = out.logits[0, -1]
+        finish = "length"
+        for _ in range(max_new_tokens):
+            token = _choose(logits, temperature, gen)
+            lp, ent = _score_rows(logits[None], [token])
+            logprobs.append(float(lp[0]))
+            entropies.append(float(ent[0]))
+            ids.append(token)
+            out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache,
+                        use_cache=True)
+            logits = out.logits[0, -1]
+            if eos_ids and token in eos_ids:
+                finish = "stop"
+                break
+    return ProbeGeneration(ids, len(prompt_ids), np.array(logprobs), np.array(entropies),
+                           finish, cache)

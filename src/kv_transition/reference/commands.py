@@ -1,0 +1,146 @@
+"""``kv-transition reference train|eval``: thin wrappers over ``train.train`` and ``evaluate``.
+
+Imported by ``cli.py`` at start-up, so nothing heavy (torch, transformers) is imported here.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kv_transition.errors import BadInput
+
+reference_app = typer.Typer(no_args_is_help=True, help=(
+    "Train and evaluate the bundled reference model (see "
+    "src/kv_transition/assets/reference-model/MODEL_CARD.md)."))
+
+
+def _guard(step) -> None:
+    from kv_transition.cli import _guard as guard  # at call time: cli imports this module
+
+    guard(step)
+
+
+def _say(message: str) -> None:
+    from kv_transition.cli import console
+
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _ints(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise BadInput(f"{option} {text!r}: give positive integers separated by commas, "
+                       "e.g. 256,512,1024")
+    return values
+
+
+def _floats(option: str, text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 < v <= 1 for v in values):
+        raise BadInput(f"{option} {text!r}: give budgets in (0, 1] separated by commas, "
+                       "e.g. 0.5,0.2")
+    return values
+
+
+@reference_app.command("train")
+def train_cmd(
+        out: Path = typer.Option(..., "--out", help="Directory for the checkpoint and the model."),
+        steps: int = typer.Option(5000, help="Optimizer steps (the schedule's length)."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+        seed: int = typer.Option(0, help="Seeds the weights and every batch."),
+        size: str = typer.Option("reference", help="Model size: reference or smoke (tests)."),
+        tokens_per_step: int = typer.Option(65536, help="Context tokens per batch."),
+        min_len: int = typer.Option(128, help="Shortest context (tokens)."),
+        max_len: int = typer.Option(4608, help="Longest context once the curriculum ends."),
+        curriculum: float = typer.Option(0.6, help="Fraction of steps over which the length "
+                                         "cap grows from --min-len to --max-len."),
+        lr: float = typer.Option(1e-3, help="Peak learning rate."),
+        warmup: int = typer.Option(100, help="Linear warm-up steps."),
+        workers: int = typer.Option(0, help="Data loader processes (0: in the training process)."),
+        checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
+        log_every: int = typer.Option(25, help="Steps between log lines."),
+        save_dtype: str = typer.Option("float16", help="dtype of the saved weights."),
+        resume: bool = typer.Option(False, help="Continue from --out's checkpoint."),
+        max_minutes: Optional[float] = typer.Option(
+            None, help="Checkpoint and stop after this many minutes; rerun with --resume."),
+) -> None:
+    """Train the reference model into --out (deterministic given --seed)."""
+    def step():
+        from kv_transition.reference.dataset import DataPlan
+        from kv_transition.reference.train import TrainConfig, train
+
+        plan = DataPlan(seed=seed, steps=steps, tokens_per_step=tokens_per_step, min_len=min_len,
+                        max_len=max_len, curriculum_frac=curriculum)
+        cfg = TrainConfig(out=str(out), size=size, data=plan, lr=lr, warmup=warmup,
+                          device=device, workers=workers, checkpoint_every=checkpoint_every,
+                          log_every=log_every, save_dtype=save_dtype)
+        summary = train(cfg, resume=resume, max_minutes=max_minutes, log=_say)
+        if summary["done"]:
+            _say(f"model saved to {out} ({summary['steps_done']} steps, "
+                 f"{summary['train_seconds']} s on {summary['hardware']})")
+    _guard(step)
+
+
+def _eval_command(plan, policies: str, budgets: str) -> str:
+    """The command that reproduces the table, rebuilt from the values actually used."""
+    args = ["--model", plan.model, "--n", str(plan.n),
+            "--lengths", ",".join(map(str, plan.lengths)), "--formats", ",".join(plan.formats)]
+    if policies.strip():
+        args += ["--policies", policies, "--budgets", budgets]
+    args += ["--query-aware"] if plan.query_aware else []
+    args += ["--max-tokens", str(plan.max_tokens)] if plan.max_tokens else []
+    args += ["--seed", str(plan.seed), "--device", plan.device, "--dtype", plan.dtype]
+    return "kv-transition reference eval " + shlex.join(args)
+
+
+@reference_app.command("eval")
+def eval_cmd(
+        model: str = typer.Option("builtin:reference", help="Model directory or builtin name."),
+        n: int = typer.Option(100, min=1, help="Examples per task and length."),
+        lengths: str = typer.Option("256,512,1024,2048,4096", help="Context lengths (tokens)."),
+        formats_: str = typer.Option("text,python,json", "--formats", help="Answer formats."),
+        policies: str = typer.Option(
+            "", help="Compression policies to add, e.g. snapkv,streamingllm."),
+        budgets: str = typer.Option("0.5,0.2", help="Budgets for --policies."),
+        query_aware: bool = typer.Option(False, help="Compress context and question together."),
+        seed: int = typer.Option(0, help="Seed of the generated examples."),
+        device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+        dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
+        max_tokens: Optional[int] = typer.Option(
+            None, min=1, help="Cap on answer tokens (default: enough for each format)."),
+        out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
+        card: Optional[Path] = typer.Option(None, help="Also put the table into this model card "
+                                            "between its reference-eval markers."),
+) -> None:
+    """Full-cache (and optionally compressed) accuracy per task × length, as a Markdown table."""
+    def step():
+        from kv_transition import paths
+        from kv_transition.cli import _state
+        from kv_transition.reference import evaluate as ev
+        from kv_transition.reference.model import hardware
+
+        settings = [("full", 1.0)] + [(p.strip(), b) for p in policies.split(",") if p.strip()
+                                      for b in _floats("--budgets", budgets)]
+        plan = ev.EvalPlan(model=model, lengths=_ints("--lengths", lengths), n=n, seed=seed,
+                           formats=[f.strip() for f in formats_.split(",") if f.strip()],
+                           settings=settings, device=device, dtype=dtype, query_aware=query_aware,
+                           max_tokens=max_tokens)
+        cells = ev.evaluate(plan, paths.models_dir(paths.home(_state["home"])), log=_say)
+        table = ev.markdown(cells, plan, _eval_command(plan, policies, budgets),
+                            hardware(ev.resolved_device(plan.device)))
+        if out:
+            out.write_text(table)
+        if card:
+            ev.update_card(card, table)
+        typer.echo(table)
+    _guard(step)

@@ -1,0 +1,232 @@
+"""Measure a reference model: accuracy per task × length × format, as a Markdown table.
+
+Everything goes through the project's own parts, so the card's numbers mean what a report's
+numbers mean: examples from the synthetic generator sized by the model's tokenizer, requests
+through the ``hf`` engine (the prompt template, the KV policy applied inside the model), text
+answers scored by ``eval.metrics`` (RULER string match). Functional answers are parsed, never
+executed, and must return exactly the gold value(s) (``formats.score_functional``).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kv_transition.data.normalize import Example
+from kv_transition.data.synthetic import generate_examples
+from kv_transition.engines.base import EngineError, GenerationRequest
+from kv_transition.errors import BadInput
+from kv_transition.eval.metrics import score_prediction
+from kv_transition.reference import formats, qa
+from kv_transition.settings import SYNTHETIC_TASKS
+
+TARGET_ACC = 0.95  # issue 3: full-cache accuracy on every task at every length
+# Caps only: the engine stops at EOS. The longest text answer (4 values) is ~37 tokens, the
+# longest tool call (a list of 4 values) ~72.
+MAX_TOKENS = {formats.TEXT: 48, formats.PYTHON: 96, formats.JSON: 96}
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+CARD_BEGIN, CARD_END = "<!-- reference-eval:begin -->", "<!-- reference-eval:end -->"
+
+
+@dataclass
+class Cell:
+    """One (setting, task, format, length) of the table."""
+
+    setting: str
+    task: str
+    fmt: str
+    length: int
+    n: int = 0
+    correct: float = 0.0  # sum of per-request accuracy
+    valid: int = 0        # functional formats: answers that parse as the format
+    errors: int = 0       # engine errors (scored 0)
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def acc(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+
+@dataclass
+class EvalPlan:
+    model: str
+    lengths: list[int]
+    n: int = 100
+    seed: int = 0
+    formats: list[str] = field(default_factory=lambda: list(formats.FORMATS))
+    settings: list[tuple[str, float]] = field(default_factory=lambda: [("full", 1.0)])
+    device: str = "cpu"
+    dtype: str = "float32"
+    query_aware: bool = False
+    max_tokens: int | None = None  # caps every format's answer; None: MAX_TOKENS
+
+    def cap(self, fmt: str) -> int:
+        return min(MAX_TOKENS[fmt], self.max_tokens or MAX_TOKENS[fmt])
+
+
+def setting_name(policy: str, budget: float) -> str:
+    return "full" if budget >= 1.0 else f"{policy}@{budget:g}"
+
+
+def _text_request(ex: Example, plan: EvalPlan, policy: str, budget: float):
+    req = GenerationRequest(context=ex.context, question=ex.question,
+                            answer_prefix=ex.answer_prefix, max_tokens=plan.cap(formats.TEXT),
+                            policy=policy, budget=budget, query_aware=plan.query_aware)
+
+    def score(text: str) -> tuple[float, bool]:
+        return score_prediction(text, ex.answers, ex.meta["metric"], ex.meta).acc, True
+    return req, score
+
+
+def _functional_request(ex: Example, fmt: str, plan: EvalPlan, policy: str, budget: float):
+    ask = qa.functional_ask(ex, fmt)
+    req = GenerationRequest(context=ex.context, question=ask.question, answer_prefix="",
+                            max_tokens=plan.cap(fmt), policy=policy, budget=budget,
+                            query_aware=plan.query_aware)
+    key, several = qa.asked_key(ex), ex.meta["task"] == "niah_multivalue"
+
+    def score(text: str) -> tuple[float, bool]:
+        result = formats.score_functional(fmt, text, key, ex.answers, several)
+        return float(result.correct), result.valid
+    return req, score
+
+
+def _run_cell(engine, cell: Cell, examples: list[Example], plan: EvalPlan, policy: str,
+              budget: float) -> None:
+    for ex in examples:
+        if cell.fmt == formats.TEXT:
+            req, score = _text_request(ex, plan, policy, budget)
+        else:
+            req, score = _functional_request(ex, cell.fmt, plan, policy, budget)
+        cell.n += 1
+        try:
+            result = engine.generate(req)
+        except EngineError:
+            cell.errors += 1
+            continue
+        acc, valid = score(result.text)
+        cell.correct += acc
+        cell.valid += valid
+        cell.latencies.append(result.latency_s or 0.0)
+
+
+def _engine(plan: EvalPlan, models_root: Path):
+    from kv_transition.engines.hf import HFEngine
+    from kv_transition.settings import ModelConfig, PressConfig
+
+    return HFEngine(ModelConfig(name=plan.model, dtype=plan.dtype, device=plan.device),
+                    PressConfig(), models_root)
+
+
+def resolved_device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def _check(plan: EvalPlan) -> None:
+    from kv_transition.kv.registry import policy_spec
+
+    unknown = set(plan.formats) - set(formats.FORMATS)
+    if unknown or not plan.formats:
+        raise BadInput(f"--formats {','.join(plan.formats)}: allowed: {', '.join(formats.FORMATS)}")
+    if plan.dtype not in DTYPES:
+        raise BadInput(f"--dtype {plan.dtype!r}: allowed: {', '.join(DTYPES)}")
+    for policy, _ in plan.settings:
+        policy_spec(policy)  # BadInput naming the allowed policies
+
+
+def evaluate(plan: EvalPlan, models_root: Path, log: Callable[[str], None] = print) -> list[Cell]:
+    """Every cell of the plan, with examples generated once per (task, length)."""
+    _check(plan)
+    engine = _engine(plan, models_root)
+    try:
+        engine.warmup("full", 1.0)
+        cells = []
+        for length in plan.lengths:
+            for task in SYNTHETIC_TASKS:
+                examples = generate_examples(task, length, plan.n, plan.seed, engine.count_tokens)
+                fmts = [f for f in plan.formats
+                        if f == formats.TEXT or task in formats.FUNCTIONAL_TASKS]
+                for policy, budget in plan.settings:
+                    for fmt in fmts:
+                        cell = Cell(setting_name(policy, budget), task, fmt, length)
+                        start = time.monotonic()
+                        _run_cell(engine, cell, examples, plan, policy, budget)
+                        log(f"{cell.setting} {task} {fmt} {length}: acc {cell.acc:.3f} "
+                            f"(n={cell.n}, {time.monotonic() - start:.1f} s)")
+                        cells.append(cell)
+        return cells
+    finally:
+        engine.close()
+
+
+# -- the Markdown table ---------------------------------------------------------------------
+def _cell_text(cell: Cell) -> str:
+    text = f"{cell.acc:.2f}"
+    if cell.fmt != formats.TEXT and cell.valid < cell.n:
+        text += f" ({cell.valid}/{cell.n} valid)"
+    return text + (f" ({cell.errors} errors)" if cell.errors else "")
+
+
+def _latency_row(cells: list[Cell], lengths: list[int]) -> str:
+    out = []
+    for length in lengths:
+        lat = sorted(x for c in cells if c.length == length and c.fmt == formats.TEXT
+                     for x in c.latencies)
+        out.append(f"{statistics.median(lat):.2f} / {lat[int(0.95 * (len(lat) - 1))]:.2f}"
+                   if lat else "–")
+    return "| latency p50 / p95 (s) | text | " + " | ".join(out) + " |"
+
+
+def _table(cells: list[Cell], lengths: list[int]) -> list[str]:
+    rows = ["| task | format | " + " | ".join(str(n) for n in lengths) + " |",
+            "|---|---|" + "---:|" * len(lengths)]
+    keys = list(dict.fromkeys((c.task, c.fmt) for c in cells))
+    index = {(c.task, c.fmt, c.length): c for c in cells}
+    for task, fmt in keys:
+        rows.append(f"| {task} | {fmt} | " + " | ".join(
+            _cell_text(index[task, fmt, n]) if (task, fmt, n) in index else "–"
+            for n in lengths) + " |")
+    rows.append(_latency_row(cells, lengths))
+    return rows
+
+
+def verdict(cells: list[Cell]) -> str:
+    """Whether the full-cache cells meet the target, naming the worst one."""
+    full = [c for c in cells if c.setting == "full"]
+    if not full:
+        return "No full-cache cells were measured."
+    worst = min(full, key=lambda c: c.acc)
+    met = "met" if worst.acc >= TARGET_ACC else "NOT met"
+    return (f"Target (full-cache accuracy ≥ {TARGET_ACC} in every cell): **{met}**; lowest cell "
+            f"{worst.acc:.2f} ({worst.task}, {worst.fmt}, {worst.length} tokens).")
+
+
+def markdown(cells: list[Cell], plan: EvalPlan, command: str, hardware: str) -> str:
+    lines = [f"Measured with `{command}` on {hardware} ({plan.device}, {plan.dtype}), "
+             f"seed {plan.seed}, n = {plan.n} per cell, "
+             f"{'query-aware' if plan.query_aware else 'context-only'} compression. "
+             "Text answers are scored by RULER string match (the project's scoring); "
+             "functional answers must parse and return exactly the gold value(s).", "",
+             verdict(cells)]
+    for setting in dict.fromkeys(c.setting for c in cells):
+        lines += ["", f"**{setting}**", ""]
+        lines += _table([c for c in cells if c.setting == setting], plan.lengths)
+    return "\n".join(lines) + "\n"
+
+
+def update_card(card: Path, table: str) -> None:
+    """Replace what lies between the card's eval markers with ``table``."""
+    try:
+        text = card.read_text()
+    except OSError as exc:
+        raise BadInput(f"--card {card}: cannot read it ({exc.strerror})") from None
+    pattern = re.compile(re.escape(CARD_BEGIN) + r".*?" + re.escape(CARD_END), re.S)
+    if not pattern.search(text):
+        raise BadInput(f"--card {card}: no {CARD_BEGIN} ... {CARD_END} block to replace")
+    card.write_text(pattern.sub(lambda _: f"{CARD_BEGIN}\n{table}{CARD_END}", text, count=1))

@@ -1,0 +1,256 @@
+"""Train the reference model: AdamW, warm-up + cosine, grad clipping, bf16 autocast on GPU.
+
+Deterministic given the seed: the weights come from ``torch.manual_seed(seed)``, batch ``s``
+from (seed, s) alone (``dataset.StepBatches``), and the learning rate from the step number, so
+a run stopped by ``max_minutes`` and resumed from its checkpoint ends with the same weights as
+an uninterrupted one. On CPU this is bitwise; on GPU torch is asked for deterministic kernels
+and warns about any that are not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from kv_transition.errors import BadInput
+from kv_transition.reference.dataset import IGNORE, DataPlan, StepBatches
+from kv_transition.reference.model import (hardware, model_config, probe_ids, save_tokenizer,
+                                           word_tokenizer)
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "training.json"
+LOG = "train_log.jsonl"
+_SAVE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    size: str = "reference"
+    data: DataPlan = field(default_factory=DataPlan)
+    lr: float = 1e-3
+    min_lr_frac: float = 0.1  # cosine decays to this fraction of lr
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    device: str = "auto"
+    workers: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 25
+    save_dtype: str = "float16"  # halves the committed size; the engine upcasts on load
+
+    def identity(self) -> dict:
+        """What must match for a checkpoint to be resumed (not device, workers, logging)."""
+        keep = ("size", "data", "lr", "min_lr_frac", "warmup", "weight_decay", "grad_clip")
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.data.steps - cfg.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cosine)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"--device {name!r}: CUDA is not available here; use 'cpu' or 'auto'")
+    if not name.startswith(("cpu", "cuda")):
+        raise BadInput(f"--device {name!r}: allowed: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+@contextmanager
+def _deterministic(device: torch.device):
+    """Deterministic kernels while training; the process's own setting is restored after."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    if device.type == "cuda":
+        # cuBLAS needs a fixed workspace to be deterministic; set before the first CUDA call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # no weight decay on norms (1-D): decaying their gains only fights the normalization
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95),
+                             fused=device.type == "cuda")
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor], device: torch.device):
+    """(mean cross-entropy, number of correct argmax tokens) over answer tokens only.
+
+    The LM head runs only where a label exists: a few hundred positions instead of a whole
+    4k-token batch, which saves most of the head's time and memory. The positions are found
+    on the CPU, so the GPU is never waited for inside a step.
+    """
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    index = (targets != IGNORE).flatten().nonzero().squeeze(1)
+    gold = targets.flatten()[index].to(device, non_blocking=True)
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+        chosen = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(device))
+        logits = model.lm_head(chosen).float()
+    loss = torch.nn.functional.cross_entropy(logits, gold)
+    return loss, (logits.argmax(-1) == gold).sum()
+
+
+def _new_state(cfg: TrainConfig, device: torch.device):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(cfg.data.seed)
+    model = LlamaForCausalLM(model_config(cfg.size, word_tokenizer())).to(device)
+    return model, _optimizer(model, cfg, device), {"step": 0, "seconds": 0.0}
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device):
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved["identity"] != json.loads(json.dumps(cfg.identity())):
+        raise BadInput(f"{path}: this checkpoint was made with other training settings "
+                       f"({saved['identity']}); rerun with the same options, or without "
+                       "--resume into an empty --out")
+    model, opt, _ = _new_state(cfg, device)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    return model, opt, saved["progress"]
+
+
+def _save_checkpoint(out: Path, cfg: TrainConfig, model, opt, progress: dict) -> None:
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save({"identity": cfg.identity(), "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "progress": progress}, tmp)
+    tmp.replace(out / CHECKPOINT)  # atomic: a kill mid-save keeps the previous checkpoint
+
+
+def _loader(cfg: TrainConfig, start: int, device: torch.device):
+    batches = StepBatches(cfg.data)
+    sampler = range(start, cfg.data.steps)  # in order: step s always gets batch s
+    extra = {"prefetch_factor": 4, "persistent_workers": False} if cfg.workers else {}
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=sampler,
+                                       num_workers=cfg.workers,
+                                       pin_memory=device.type == "cuda", **extra)
+
+
+def _finish(out: Path, cfg: TrainConfig, model, progress: dict, device: torch.device) -> dict:
+    import tokenizers
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Writing model shards" bar is noise in a log
+    model.to(dtype=getattr(torch, cfg.save_dtype)).save_pretrained(out)
+    save_tokenizer(out)
+    summary = {"config": asdict(cfg), "steps_done": progress["step"],
+               "train_seconds": round(progress["seconds"], 1), "hardware": hardware(device),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "last_log": progress.get("last_log"), "torch": torch.__version__,
+               "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+               "tokenizer_probe": probe_ids(word_tokenizer())}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    (out / CHECKPOINT).unlink(missing_ok=True)  # never leave optimizer state beside the weights
+    return summary
+
+
+def _check(cfg: TrainConfig) -> None:
+    plan = cfg.data
+    if plan.steps < 1 or plan.tokens_per_step < 1:
+        raise BadInput("--steps and --tokens-per-step must be at least 1")
+    if not 64 <= plan.min_len <= plan.max_len:
+        raise BadInput(f"--min-len {plan.min_len} / --max-len {plan.max_len}: need "
+                       "64 <= min-len <= max-len (the needles alone take ~70 tokens)")
+    if cfg.save_dtype not in _SAVE_DTYPES:
+        raise BadInput(f"--save-dtype {cfg.save_dtype!r}: allowed: {', '.join(_SAVE_DTYPES)}")
+
+
+def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) into ``cfg.out``; returns the summary, ``done`` False if time ran out."""
+    _check(cfg)
+    out, device = Path(cfg.out), _device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    with _deterministic(device):
+        return _train(cfg, out, device, resume, max_minutes, log)
+
+
+def _train(cfg, out, device, resume, max_minutes, log) -> dict:
+    ckpt = out / CHECKPOINT
+    if ckpt.is_file() and not resume:
+        raise BadInput(f"{ckpt} exists: pass --resume to continue that run, or choose a new --out")
+    model, opt, progress = _load_checkpoint(ckpt, cfg, device) if ckpt.is_file() else \
+        _new_state(cfg, device)
+    if progress["step"] == 0:
+        (out / LOG).unlink(missing_ok=True)
+    log(f"training {cfg.size} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
+        f"{hardware(device)} from step {progress['step']} of {cfg.data.steps}")
+    finished = _loop(cfg, model, opt, progress, device, out, max_minutes, log)
+    if not finished:
+        _save_checkpoint(out, cfg, model, opt, progress)
+        log(f"stopped at step {progress['step']} of {cfg.data.steps} (time limit); "
+            "rerun the same command with --resume to continue")
+        return {"done": False, "steps_done": progress["step"]}
+    return {"done": True, **_finish(out, cfg, model, progress, device)}
+
+
+def _loop(cfg, model, opt, progress, device, out, max_minutes, log) -> bool:
+    """Run steps until the end (True) or until ``max_minutes`` (False)."""
+    model.train()
+    start = time.monotonic()
+    window = {"steps": 0, "loss": 0.0, "correct": 0, "count": 0, "t": start}  # loss, correct:
+    # tensors on the device until a log line reads them, so steps do not wait for the GPU
+    spent = progress["seconds"]
+    for batch in _loader(cfg, progress["step"], device):
+        step = progress["step"]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        loss, correct = answer_loss(model, batch, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        progress["step"] = step + 1
+        progress["seconds"] = spent + time.monotonic() - start
+        window["steps"] += 1
+        window["loss"] += loss.detach()
+        window["correct"] += correct
+        window["count"] += int((batch["labels"] != IGNORE).sum())
+        if progress["step"] % cfg.log_every == 0 or progress["step"] == cfg.data.steps:
+            _log_window(cfg, progress, window, int(batch["context_tokens"]), out, log)
+        if progress["step"] % cfg.checkpoint_every == 0 and progress["step"] < cfg.data.steps:
+            _save_checkpoint(out, cfg, model, opt, progress)
+        if max_minutes is not None and time.monotonic() - start > 60 * max_minutes \
+                and progress["step"] < cfg.data.steps:
+            return False
+    return True
+
+
+def _log_window(cfg, progress, window, length, out, log) -> None:
+    steps, now = window["steps"], time.monotonic()
+    entry = {"step": progress["step"], "loss": round(float(window["loss"]) / steps, 4),
+             "answer_token_acc": round(float(window["correct"]) / max(1, window["count"]), 4),
+             "lr": lr_at(cfg, progress["step"] - 1), "context_tokens": length,
+             "s_per_step": round((now - window["t"]) / steps, 3),
+             "seconds": round(progress["seconds"], 1)}
+    progress["last_log"] = entry
+    with open(out / LOG, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    log(" ".join(f"{k}={v}" for k, v in entry.items()))
+    window.update(steps=0, loss=0.0, correct=0, count=0, t=now)

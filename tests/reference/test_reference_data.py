@@ -1,0 +1,80 @@
+"""Training batches: loss only on answers, prompts encoded as the engine encodes, curriculum."""
+
+import random
+
+import torch
+from transformers import AutoTokenizer
+
+from kv_transition.data import prompt as prompt_tpl
+from kv_transition.data.synthetic import generate_examples
+from kv_transition.reference import formats, qa
+from kv_transition.reference.dataset import IGNORE, DataPlan, StepBatches, build_sequence
+from kv_transition.reference.model import save_tokenizer, word_tokenizer
+
+PLAN = DataPlan(seed=5, steps=10, tokens_per_step=600, min_len=96, max_len=200)
+
+
+def _count(tok):
+    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+
+
+def test_only_answer_tokens_and_their_eos_carry_loss():
+    tok = word_tokenizer()
+    ex = generate_examples("niah_multikey", 150, 1, 0, _count(tok))[0]
+    asks = qa.asks_for(ex, random.Random(1), {f: 1.0 for f in formats.FORMATS})
+    ids, mask = build_sequence(tok, ex, asks)
+    eos = tok.token_to_id("</s>")
+    supervised = [i for i, m in zip(ids, mask) if m]
+    expected = []
+    for ask in asks:
+        expected += tok.encode(ask.target, add_special_tokens=False).ids + [eos]
+    assert supervised == expected
+    assert len(asks) == 4 and sum(mask) < len(mask) // 3  # dense, yet only the answers
+    # every key/value of the context is answered somewhere
+    answered = tok.decode(supervised)
+    assert all(v in answered for _, v in qa.facts(ex.context))
+
+
+def test_first_question_is_encoded_exactly_like_the_engines_prompt(tmp_path):
+    save_tokenizer(tmp_path)
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    tok = word_tokenizer()
+    ex = generate_examples("variable_tracking", 150, 1, 2, _count(tok))[0]
+    ids, mask = build_sequence(tok, ex, qa.asks_for(ex, random.Random(0), {formats.TEXT: 1.0}))
+    # HFEngine.encode: context part with BOS, then the question part without specials
+    ctx = hf_tok(prompt_tpl.context_part(ex.context)).input_ids
+    q = hf_tok(prompt_tpl.question_part(ex.question, ex.answer_prefix),
+               add_special_tokens=False).input_ids
+    assert ids[:len(ctx) + len(q)] == ctx + q
+    assert not any(mask[:len(ctx) + len(q)]) and mask[len(ctx) + len(q)]
+    assert hf_tok.decode(ids[len(ctx) + len(q):], skip_special_tokens=True).strip() == \
+        ", ".join(ex.answers[:-1]).lower() + f" and {ex.answers[-1].lower()}."
+
+
+def test_batches_depend_only_on_seed_and_step():
+    a, b = StepBatches(PLAN), StepBatches(PLAN)
+    for step in (7, 0, 3):
+        x, y = a[step], b[step]
+        assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["labels"], y["labels"])
+    assert not torch.equal(a[1]["input_ids"][:1, :50], a[2]["input_ids"][:1, :50])
+    other = StepBatches(DataPlan(**{**PLAN.__dict__, "seed": 6}))[0]
+    assert not torch.equal(other["input_ids"][:1, :50], a[0]["input_ids"][:1, :50])
+
+
+def test_labels_are_the_inputs_where_supervised():
+    batch = StepBatches(PLAN)[4]
+    ids, labels = batch["input_ids"], batch["labels"]
+    where = labels != IGNORE
+    assert where.any() and torch.equal(labels[where], ids[where])
+    pad = word_tokenizer().token_to_id("<pad>")
+    assert not (where & (ids == pad)).any()
+
+
+def test_length_cap_grows_then_holds_and_batches_respect_it():
+    plan = DataPlan(steps=100, min_len=128, max_len=1024, curriculum_frac=0.5)
+    caps = [plan.length_cap(s) for s in range(100)]
+    assert caps[0] == 128 and caps[50] == caps[99] == 1024
+    assert caps == sorted(caps)
+    ds = StepBatches(PLAN)
+    for step in range(0, 10, 3):
+        assert PLAN.min_len <= int(ds[step]["context_tokens"]) <= PLAN.length_cap(step)

@@ -1,0 +1,91 @@
+"""The evaluation command on the smoke model, and ``builtin:reference`` with and without weights."""
+
+import pytest
+from typer.testing import CliRunner
+
+from kv_transition.cli import app
+from kv_transition.engines import builtin
+from kv_transition.errors import BadInput
+from kv_transition.reference import evaluate as ev
+from kv_transition.reference import formats
+from kv_transition.settings import SYNTHETIC_TASKS
+
+
+def _eval(*args):
+    return CliRunner().invoke(app, ["reference", "eval", *map(str, args)])
+
+
+def test_eval_writes_a_task_by_length_table_per_setting(smoke_model, tmp_path, home):
+    out = tmp_path / "table.md"
+    # --max-tokens keeps an untrained model's endless answers short
+    result = _eval("--model", smoke_model, "--n", 1, "--lengths", "100,140", "--policies",
+                   "streamingllm", "--budgets", "0.5", "--max-tokens", 3, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = out.read_text()
+    assert table in result.output
+    assert "**full**" in table and "**streamingllm@0.5**" in table
+    assert f"reference eval --model {smoke_model} --n 1 --lengths 100,140" in table
+    assert "| task | format | 100 | 140 |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| niah_") or
+            line.startswith("| variable_tracking")]
+    # text for all five tasks, python and json for the three retrieval tasks, two settings
+    assert len(rows) == 2 * (len(SYNTHETIC_TASKS) + 2 * len(formats.FUNCTIONAL_TASKS))
+    assert "Target (full-cache accuracy ≥ 0.95 in every cell): **NOT met**" in table
+
+
+def test_cells_count_every_request_and_score_with_the_projects_metric(smoke_model, home):
+    plan = ev.EvalPlan(model=str(smoke_model), lengths=[100], n=3, formats=["text", "json"],
+                       max_tokens=3)
+    cells = ev.evaluate(plan, home / "data" / "models", log=lambda _: None)
+    assert {(c.task, c.fmt) for c in cells} == {(t, "text") for t in SYNTHETIC_TASKS} | {
+        (t, "json") for t in formats.FUNCTIONAL_TASKS}
+    assert all(c.n == 3 and 0.0 <= c.acc <= 1.0 and len(c.latencies) + c.errors == 3 for c in cells)
+
+
+def test_verdict_names_the_worst_cell():
+    good = ev.Cell("full", "niah_single", "text", 256, n=100, correct=99)
+    bad = ev.Cell("full", "variable_tracking", "text", 4096, n=100, correct=80)
+    assert "**met**" in ev.verdict([good])
+    both = ev.verdict([good, bad])
+    assert "NOT met" in both and "variable_tracking, text, 4096" in both
+
+
+def test_card_block_is_replaced_and_a_card_without_markers_is_bad_input(tmp_path):
+    card = tmp_path / "CARD.md"
+    card.write_text(f"# Card\n{ev.CARD_BEGIN}\nold\n{ev.CARD_END}\ntail\n")
+    ev.update_card(card, "| new |\n")
+    assert card.read_text() == f"# Card\n{ev.CARD_BEGIN}\n| new |\n{ev.CARD_END}\ntail\n"
+    card.write_text("# no block\n")
+    with pytest.raises(BadInput, match="reference-eval"):
+        ev.update_card(card, "x")
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--lengths", "100,abc"], "--lengths"), (["--formats", "yaml"], "--formats"),
+    (["--policies", "nosuch"], "nosuch"),
+    (["--budgets", "1.5", "--policies", "snapkv"], "--budgets"),
+    (["--dtype", "int4"], "--dtype")])
+def test_eval_bad_arguments_exit_2(smoke_model, home, args, word):
+    result = _eval("--model", smoke_model, "--n", 1, *args)
+    assert result.exit_code == 2 and word in result.output, result.output
+
+
+def test_builtin_reference_without_weights_says_how_to_train(tmp_path, monkeypatch, home):
+    monkeypatch.setattr(builtin, "REFERENCE_DIR", tmp_path / "reference-model")
+    (tmp_path / "reference-model").mkdir()
+    (tmp_path / "reference-model" / "MODEL_CARD.md").write_text("# not trained yet\n")
+    with pytest.raises(BadInput, match="kv-transition reference train --out"):
+        builtin.resolve_builtin("builtin:reference", tmp_path)
+    result = _eval("--n", 1, "--lengths", "100")  # default --model builtin:reference
+    assert result.exit_code == 2 and "not in this installation yet" in result.output
+
+
+def test_builtin_reference_resolves_to_the_bundled_directory(smoke_model, monkeypatch, home):
+    from kv_transition.engines.hf import HFEngine
+    from kv_transition.settings import ModelConfig, PressConfig
+
+    monkeypatch.setattr(builtin, "REFERENCE_DIR", smoke_model)
+    assert builtin.resolve_builtin("builtin:reference", home) == smoke_model
+    engine = HFEngine(ModelConfig(name="builtin:reference", dtype="float32", device="cpu"),
+                      PressConfig(), home / "data" / "models")
+    assert engine.path == str(smoke_model) and engine.count_tokens("koala 4985193") == 9
