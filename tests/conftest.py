@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from kv_transition.engines.builtin import resolve_builtin
+import helpers_db
 from kvt_testkit import TINY_CONFIG
 
 @pytest.fixture(scope="session")
@@ -31,3 +32,17 @@ def tiny_config(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_CONFIG))
     return path
+
+
+@pytest.fixture(scope="session")
+def dbh():
+    """tests/helpers_db.py: Outcome, build_experiment, paired_scenario, MIB."""
+    return helpers_db
+
+
+@pytest.fixture
+def paired_db(tmp_path):
+    """(conn, run_ids) for the hand-computed baseline + snapkv@0.5 scenario."""
+    conn, run_ids = helpers_db.build_experiment(tmp_path / "x.sqlite")
+    yield conn, run_ids
+    conn.close()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
+import helpers_db
 import numpy as np
 import pytest
 
@@ -18,14 +16,6 @@ from kv_transition.settings import AnalysisConfig
 CFG = AnalysisConfig(n_bootstrap=300)
 
 
-def _helpers():
-    name = "kvt_tests_helpers_db"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "helpers_db.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
 
 
 # ---------------------------------------------------------------- the formula
@@ -90,7 +80,7 @@ def test_identical_runs_have_zero_sds_with_a_degenerate_ci():
 # ---------------------------------------------------------------- through the database
 
 def _experiment(tmp_path, full_acc, comp_acc, ppl=True):
-    h = _helpers()
+    h = helpers_db
     o = lambda acc, kv: h.Outcome(acc=acc, pred="p", kv_bytes=kv)  # noqa: E731
     runs = {("full", 1.0): [[o(a, 4 * h.MIB) for a in full_acc[:4]],
                             [o(a, 4 * h.MIB) for a in full_acc[4:]]],

@@ -1,12 +1,10 @@
 """`kv-transition novelty` end to end on the builtin tiny model, with tiny settings."""
 
-import importlib.util
 import sqlite3
-import sys
-from pathlib import Path
 
 from typer.testing import CliRunner
 
+import helpers_db
 from kvt_testkit import write_config
 from kv_transition.analysis.aggregate import compute_bin_stats
 from kv_transition.analysis.transition import write_transitions
@@ -83,20 +81,11 @@ def test_novelty_writes_tables_figures_and_report_and_reruns_idempotently(home, 
         assert dump(db_path) == before
 
 
-def _helpers_db():
-    """tests/helpers_db.py, loaded by path under the name the other test folders use."""
-    name = "kvt_tests_helpers_db"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "helpers_db.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
 
 
 def test_main_report_links_the_novelty_findings_and_db_store(home, tmp_path):
     db_path = tmp_path / "x.sqlite"
-    conn, _ = _helpers_db().build_experiment(db_path)  # a scored experiment "exp"
+    conn, _ = helpers_db.build_experiment(db_path)  # a scored experiment "exp"
     compute_bin_stats(conn, "exp", AnalysisConfig(n_bootstrap=200))
     write_transitions(conn, "exp", AnalysisConfig(n_bootstrap=200))
     run_dir = home / "runs" / "exp"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import statistics
 from typing import Any, Protocol
 
 
@@ -56,3 +57,8 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+def median_or_none(values: list[float]) -> float | None:
+    """Median of per-token timings; None when there were none (a one-token answer)."""
+    return statistics.median(values) if values else None

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 
 from kv_transition.data import prompt as prompt_tpl
-from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
+from kv_transition.engines.base import (EngineError, GenerationRequest, GenerationResult,
+                                         median_or_none)
 from kv_transition.engines.builtin import is_builtin, resolve_builtin
 from kv_transition.errors import BadInput
 from kv_transition.kv.quant.accounting import cache_accounting
@@ -302,7 +303,7 @@ class HFEngine:
                    "kv_bytes_uncompressed": state.kv_bytes_uncompressed,
                    "kv_ratio": (state.kv_bytes / state.kv_bytes_uncompressed
                                 if state.kv_bytes_uncompressed else None),
-                   "decode_s_per_token_median": _median(steps[1:]),
+                   "decode_s_per_token_median": median_or_none(steps[1:]),
                    "chat_template": self.use_chat, "query_aware": req.query_aware,
                    **state.accounting, **extra_notes})
 
@@ -374,9 +375,3 @@ def _uneven_layers(cache: Any) -> bool:
     return len(lengths) > 1
 
 
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

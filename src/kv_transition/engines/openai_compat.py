@@ -31,7 +31,8 @@ from typing import Any, Iterator, Sequence
 import httpx
 
 from kv_transition.data.prompt import context_part, full_prompt, question_part
-from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
+from kv_transition.engines.base import (EngineError, GenerationRequest, GenerationResult,
+                                         median_or_none)
 from kv_transition.engines.endpoints import api_key, configured_base_urls, resolve_base_url
 from kv_transition.engines.openai_stream import MalformedChunk, StreamAssembly
 from kv_transition.engines.sse import DONE, SSEDecoder
@@ -397,7 +398,7 @@ class OpenAIEngine:
         notes: dict[str, Any] = {
             "stream": True, "ttft_s": ttft, "n_chunks": assembly.n_chunks,
             "inter_token_s": [round(g, 6) for g in gaps[:MAX_INTER_TOKEN_TIMES]],
-            "inter_token_median_s": _median(gaps), "inter_token_max_s": max(gaps, default=None)}
+            "inter_token_median_s": median_or_none(gaps), "inter_token_max_s": max(gaps, default=None)}
         if len(gaps) > MAX_INTER_TOKEN_TIMES:
             notes["inter_token_s_truncated"] = len(gaps)
         reason = assembly.finish_reason
@@ -459,14 +460,6 @@ def _int_or_none(value: Any) -> int | None:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _error_message(error: Any) -> str:
