@@ -15,6 +15,7 @@ import httpx
 from typer.testing import CliRunner
 
 from kv_transition.cli import app
+from kv_transition.engines.builtin import resolve_builtin
 from kvt_testkit import TINY_CONFIG, write_config
 
 ROWS = """
@@ -78,7 +79,7 @@ def test_openai_engine_against_serve_matches_the_hf_engine(home, tmp_path):
         run_and_score(hf_cfg)  # the in-process run, while the server loads
         wait_until_healthy(server, port, log)
         # the client counts tokens with the same tokenizer, so the manifest is the same
-        tokenizer = str(home.resolve() / "data" / "models" / "builtin-tiny-random")
+        tokenizer = str(resolve_builtin("builtin:tiny-random", home.resolve() / "data" / "models"))
         client = {"kind": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
                   "send_kv_params": True, "concurrency": 4,
                   "request": {"timeout_s": 60, "max_retries": 1, "backoff_s": 0.1}}

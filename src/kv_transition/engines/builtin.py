@@ -12,6 +12,7 @@ noise, and the report says so.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -76,7 +77,12 @@ def resolve_builtin(name: str, models_root: Path) -> Path:
     if which != TINY_RANDOM:
         raise BadInput(f"model.name {name!r}: unknown builtin model; allowed: "
                        f"{BUILTIN_PREFIX}{TINY_RANDOM}, {BUILTIN_PREFIX}{REFERENCE}")
-    out_dir = models_root / f"builtin-{TINY_RANDOM}"
+    # keyed by the vocabulary, so a vocabulary change builds a new model instead of reusing one
+    # whose tokenizer no longer matches the generator
+    from kv_transition.data.vocab import vocabulary
+
+    digest = hashlib.sha256("\n".join(vocabulary()).encode()).hexdigest()[:8]
+    out_dir = models_root / f"builtin-{TINY_RANDOM}-{digest}"
     if not (out_dir / "config.json").is_file():
         models_root.mkdir(parents=True, exist_ok=True)
         _build_tiny_random(out_dir)
