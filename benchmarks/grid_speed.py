@@ -5,6 +5,7 @@ Same grid, same process, same examples (the default config's manifest): one poli
 with `identical answers: yes|no` and `speedup: N.NNx`.
 
     .venv/bin/python benchmarks/grid_speed.py [--config config/default.yaml] [--policy snapkv]
+        [--set model.init=random --set model.shape=reference-4m]   # the bundled model's shape
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def _request(row, settings, policy: str, budget: float) -> GenerationRequest:
         answer_prefix=json.loads(row["meta_json"]).get("answer_prefix", ""))
 
 
-def run(config: str, policy: str, home: Path) -> list[str]:
-    settings = load_settings(config, [f"output.exp_group_id=grid_speed_{policy}"])
+def run(config: str, policy: str, home: Path, overrides: list[str]) -> list[str]:
+    settings = load_settings(config, [*overrides, f"output.exp_group_id=grid_speed_{policy}"])
     rows = _examples(settings, home)
     engine = HFEngine(settings.model, settings.kv.press, paths.models_dir(home))
     grid = [("full", 1.0)] + [(policy, b) for b in BUDGETS if b < 1.0]
@@ -68,7 +69,7 @@ def run(config: str, policy: str, home: Path) -> list[str]:
     identical = fresh_answers == shared_answers
     lines = [
         f"# grid speed: {policy}, budgets {', '.join(map(str, BUDGETS))}, {n} examples "
-        f"({settings.model.name}, {engine.device}, torch {torch.__version__}, "
+        f"({settings.model.shape or settings.model.name}, {engine.device}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "",
         "| path | prefills | wall s | s / example |",
@@ -88,11 +89,14 @@ def main() -> None:
     parser.add_argument("--config", default="config/default.yaml")
     parser.add_argument("--policy", default="snapkv")
     parser.add_argument("--home", default=None, help="default: a temporary directory")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override key.path=value, as on the CLI")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        lines = run(args.config, args.policy, Path(args.home or tmp))
+        lines = run(args.config, args.policy, Path(args.home or tmp), args.overrides)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"grid_speed_{args.policy}.md").write_text("\n".join(lines) + "\n")
+    shape = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("model.shape=")), "")
+    (RESULTS / f"grid_speed_{args.policy}{'_' + shape if shape else ''}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -25,6 +25,12 @@ SHAPES: dict[str, dict[str, Any]] = {
                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                        head_dim=128, vocab_size=32768, rope_theta=1000000.0,
                        max_position_embeddings=32768, tie_word_embeddings=False),
+    # the bundled reference model's architecture (reference/model.py SIZES["reference"]), to
+    # measure its speed before its weights exist
+    "reference-4m": dict(arch="llama", hidden_size=256, intermediate_size=1024,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                         vocab_size=1024, rope_theta=10000.0, max_position_embeddings=16384,
+                         tie_word_embeddings=True),
     # small enough for a CPU test of the same code path
     "tiny-llama": dict(arch="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, vocab_size=2048,
