@@ -54,3 +54,18 @@ def test_budgets_differ_so_the_check_can_fail(engine):
     states, _, _ = prefill_settings(engine, ctx, [("snapkv", 0.5), ("snapkv", 0.25)])
     sizes = {s: st.cache.layers[0].keys.shape[-2] for s, st in states.items()}
     assert sizes[("snapkv", 0.5)] > sizes[("snapkv", 0.25)]
+
+
+def test_a_press_failure_is_a_request_failure_on_both_paths(models_root):
+    from kv_transition.engines.base import EngineError
+
+    # StreamingLLM refuses a context no longer than its sinks: an input the press cannot handle
+    engine = HFEngine(ModelConfig(device="cpu", dtype="float32"), PressConfig(n_sink=100000),
+                      models_root)
+    req = _req(policy="streamingllm", budget=0.5)
+    with pytest.raises(EngineError) as fresh:
+        engine.generate(req)
+    with pytest.raises(EngineError) as shared:
+        generate_settings(engine, req, [("full", 1.0), ("streamingllm", 0.5)])
+    assert not fresh.value.transient and not shared.value.transient
+    assert "AssertionError" in str(fresh.value) and "AssertionError" in str(shared.value)

@@ -56,6 +56,10 @@ class Engine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def warmup(self, policy: str, budget: float) -> None:
+        """One untimed request per setting: latency is only honest after a warm-up."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -269,21 +270,20 @@ class HFEngine:
     def generate(self, req: GenerationRequest,
                  on_token: Callable[[int], None] | None = None) -> GenerationResult:
         ctx_ids, q_ids = self.encode(req)
-        n_prompt = ctx_ids.shape[1] + q_ids.shape[1]
-        if self.max_positions and n_prompt + req.max_tokens > self.max_positions:
-            raise EngineError(f"prompt of {n_prompt} tokens + {req.max_tokens} new tokens exceeds "
-                              f"the model's {self.max_positions} positions", transient=False)
+        self.check_length(ctx_ids, q_ids, req.max_tokens)
         self._attention_for(req.policy)
         self._reset_peak()
         start = self._now()
-        try:
+        with request_failures(f"{req.policy}@{req.budget}"):
             state, tokens, finish, steps = self._run(req, ctx_ids, q_ids, on_token)
-        except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
-            # a press that cannot handle this input, or out of memory: a failure of this request
-            raise EngineError(f"{req.policy}@{req.budget}: {exc.__class__.__name__}: {exc}",
-                              transient=False) from exc
         latency = self._now() - start
         return self.result(req, state, tokens, finish, steps, ctx_ids, q_ids, latency)
+
+    def check_length(self, ctx_ids: torch.Tensor, q_ids: torch.Tensor, max_tokens: int) -> None:
+        n_prompt = ctx_ids.shape[1] + q_ids.shape[1]
+        if self.max_positions and n_prompt + max_tokens > self.max_positions:
+            raise EngineError(f"prompt of {n_prompt} tokens + {max_tokens} new tokens exceeds "
+                              f"the model's {self.max_positions} positions", transient=False)
 
     def result(self, req: GenerationRequest, state: PrefillState, tokens: list[int], finish: str,
                steps: list[float], ctx_ids: torch.Tensor, q_ids: torch.Tensor, latency: float,
@@ -365,6 +365,16 @@ class HFEngine:
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+@contextmanager
+def request_failures(label: str) -> Iterator[None]:
+    """A press that cannot handle this input, or out of memory: a failure of this request,
+    recorded by the runner, not a crash of the run."""
+    try:
+        yield
+    except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
+        raise EngineError(f"{label}: {exc.__class__.__name__}: {exc}", transient=False) from exc
 
 
 def _uneven_layers(cache: Any) -> bool:

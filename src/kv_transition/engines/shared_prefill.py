@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
-from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
+from kv_transition.engines.base import GenerationRequest, GenerationResult
 from kv_transition.kv.registry import make_press, policy_spec
 
 Setting = tuple[str, float]  # (policy, budget)
@@ -117,17 +117,18 @@ def generate_settings(engine, req: GenerationRequest,
 
 def _generate_group(engine, req: GenerationRequest,
                     settings: list[Setting]) -> dict[Setting, GenerationResult]:
+    from kv_transition.engines.hf import request_failures
+
     ctx_ids, q_ids = engine.encode(req)
-    n_prompt = ctx_ids.shape[1] + q_ids.shape[1]
-    if engine.max_positions and n_prompt + req.max_tokens > engine.max_positions:
-        raise EngineError(f"prompt of {n_prompt} tokens + {req.max_tokens} new tokens exceeds "
-                          f"the model's {engine.max_positions} positions", transient=False)
+    engine.check_length(ctx_ids, q_ids, req.max_tokens)
     engine._reset_peak()
     prompt = torch.cat([ctx_ids, q_ids], dim=1) if req.query_aware else ctx_ids
-    states, forward_s, compress_s = prefill_settings(engine, prompt, settings)
-    overhead = sum(compress_s.values())
-    return {s: _finish(engine, req, states[s], forward_s - overhead + compress_s.get(s, 0.0),
-                       ctx_ids, q_ids, len(settings)) for s in settings}
+    # the same failures a fresh prefill records, recorded the same way for the whole group
+    with request_failures("shared prefill of " + ", ".join(f"{p}@{b}" for p, b in settings)):
+        states, forward_s, compress_s = prefill_settings(engine, prompt, settings)
+        overhead = sum(compress_s.values())
+        return {s: _finish(engine, req, states[s], forward_s - overhead + compress_s.get(s, 0.0),
+                           ctx_ids, q_ids, len(settings)) for s in settings}
 
 
 def _finish(engine, req: GenerationRequest, state, prefill_s: float, ctx_ids, q_ids,

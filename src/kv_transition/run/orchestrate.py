@@ -93,8 +93,7 @@ def run_grid(conn: sqlite3.Connection, settings: Settings, ds_id: str, engine_fa
                     continue
                 run_id = _ensure_run(conn, settings, ds_id, policy, budget)
                 progress.update(task, description=f"{policy} @ {budget:g}")
-                if hasattr(engine, "warmup"):  # latency is only honest after a warm-up
-                    engine.warmup(policy, budget)
+                engine.warmup(policy, budget)
                 done += run_setting(conn, engine, run_id, policy, budget, settings,
                                     on_done=advance)
     finally:
