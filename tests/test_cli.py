@@ -167,6 +167,18 @@ def test_unreachable_endpoint_exits_2_without_runs(home, tmp_path):
     assert dump(db_file(home)) == before
 
 
+def test_unreachable_endpoint_leaves_no_open_connections(tmp_path):
+    # a fresh interpreter, so its exit shows whatever the error path left open
+    cfg = write_config(tmp_path / "oa.yaml", engine={
+        "kind": "openai", "base_url": "http://127.0.0.1:9/v1"})
+    code = ("from pathlib import Path; from kv_transition.settings import load_settings; "
+            "from kv_transition.engines.factory import make_engine; "
+            f"make_engine(load_settings(Path({str(cfg)!r})), Path('.'), [('full', 1.0)])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert "unreachable" in proc.stderr and "Unclosed" not in proc.stderr
+
+
 @pytest.mark.parametrize("override", ["dataset.n_per_bin=2", "dataset.lengths=[96,160]",
                                       "binning.n_bins=1"])
 def test_changing_the_dataset_under_an_experiment_is_refused(home, tiny_config, override):

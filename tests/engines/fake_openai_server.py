@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,6 +39,9 @@ class Reply:
     done: bool = True  # send data: [DONE]
     events: list[str] | None = None  # exact data payloads to send instead of the normal ones
     keep_open_s: float = 0.0  # keep the stream open this long after [DONE]
+    line_end: str = "\n"  # "\r\n" or "\r": SSE allows all three
+    fragment: int = 0  # send each event in pieces of this many bytes, each flushed on its own
+    blank_after_last: bool = True  # False: the last event lacks its blank line (just ends)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -234,14 +238,15 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                for event in events:
+                for i, event in enumerate(events):
                     if event is None:  # the cut
                         if reply.cut_mode == "eof":
                             break
                         self.close_connection = True  # drop it mid-body
                         return
                     line = event if event.startswith(":") else f"data: {event}"
-                    self._send_chunk(f"{line}\n\n".encode())
+                    ends = 2 if reply.blank_after_last or i < len(events) - 1 else 1
+                    self._send_event(f"{line}{reply.line_end * ends}".encode(), reply)
                     if reply.chunk_delay_s:
                         server.wait(reply.chunk_delay_s)
                 if reply.keep_open_s:
@@ -249,6 +254,14 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
+
+        def _send_event(self, data: bytes, reply: Reply) -> None:
+            if not reply.fragment:
+                self._send_chunk(data)
+                return
+            for start in range(0, len(data), reply.fragment):
+                self._send_chunk(data[start:start + reply.fragment])
+                time.sleep(0.001)  # so the client reads the pieces one by one
 
         def _send_chunk(self, data: bytes) -> None:
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

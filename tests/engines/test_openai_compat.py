@@ -14,7 +14,6 @@ from kv_transition.data.prompt import context_part, full_prompt, question_part
 from kv_transition.engines.base import EngineError, GenerationRequest
 from kv_transition.engines.endpoints import api_key, resolve_base_url
 from kv_transition.engines.openai_compat import OpenAIEngine
-from kv_transition.engines.sse import SSEDecoder
 from kv_transition.errors import BadInput
 from kv_transition.run.retries import call_with_retries
 from kv_transition.settings import EngineConfig, Settings
@@ -55,23 +54,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# -- SSE parsing --------------------------------------------------------------------------
-
-def feed_all(lines):
-    decoder = SSEDecoder()
-    events = [e for e in (decoder.feed(line) for line in lines) if e is not None]
-    return events, decoder.flush()
-
-
-def test_sse_comments_fields_and_multiline_data():
-    events, pending = feed_all([
-        ": ping", "", "retry: 100", "id: 3", "data: {\"a\":", "data:1}", "",
-        "event: error", "data: {\"error\": {}}", "", "", "data: [DONE]"])
-    assert [(e.event, e.data) for e in events] == [
-        ("message", '{"a":\n1}'), ("error", '{"error": {}}')]
-    assert pending.data == "[DONE]"  # a last event without its blank line is not lost
-
-
 # -- happy paths --------------------------------------------------------------------------
 
 def test_chat_request_and_result_without_streaming(server, monkeypatch):
@@ -109,6 +91,43 @@ def test_streamed_chat_times_every_token_and_takes_usage_from_the_last_chunk(ser
     assert 0 < notes["ttft_s"] == result.ttfb_s < result.latency_s
     assert result.raw["choices"][0]["message"]["content"] == "Paris is big"
     assert result.raw["stream"]["done_sentinel"] is True
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+def test_a_stream_split_into_tiny_reads_is_put_back_together(server, line_end):
+    # 5-byte pieces end reads inside "data:", inside CRLF pairs and inside UTF-8 characters
+    server.script.append(Reply(text="Zürich — 東京", line_end=line_end, fragment=5))
+    with make_engine(server.base_url) as engine:
+        result = engine.generate(REQ)
+    assert (result.text, result.finish_reason) == ("Zürich — 東京", "stop")
+    assert result.completion_tokens == USAGE["completion_tokens"]
+    assert result.raw["stream"] == {"chunks": 4, "done_sentinel": True}
+
+
+def test_a_last_event_without_its_blank_line_still_counts(server):
+    # the stream ends right after the finish chunk's line: no blank line, no usage, no [DONE]
+    server.script.append(Reply(text="Paris", usage_chunk=False, done=False,
+                               blank_after_last=False))
+    with make_engine(server.base_url) as engine:
+        result = engine.generate(REQ)
+    assert (result.text, result.finish_reason) == ("Paris", "stop")
+    assert result.raw["stream"] == {"chunks": 1, "done_sentinel": False}
+
+
+def test_proxy_from_the_environment_and_no_proxy(server, monkeypatch):
+    # the fake server is the proxy here: it sees the absolute URL of the real target
+    proxy = server.base_url.removesuffix("/v1")
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with make_engine("http://upstream.invalid:9/v1") as engine:
+        assert engine.generate(REQ).text == "Paris"
+    assert server.seen[0].path == "http://upstream.invalid:9/v1/chat/completions"
+    monkeypatch.setenv("NO_PROXY", "upstream.invalid")
+    with make_engine("http://upstream.invalid:9/v1") as engine, \
+            pytest.raises(EngineError) as info:
+        engine.generate(REQ)  # straight to a host that does not exist
+    assert info.value.transient and len(server.seen) == 1
 
 
 def test_streamed_completions_without_usage_or_done(server):
@@ -232,7 +251,7 @@ def test_invalid_json_answer_is_recorded_not_retried(server, reply):
 
 
 @pytest.mark.parametrize("reply, message", [
-    (Reply(text="Paris is the capital", cut_after=2), "RemoteProtocolError"),  # dropped
+    (Reply(text="Paris is the capital", cut_after=2), "payload is not completed"),  # dropped
     (Reply(text="Paris is the capital", cut_after=2, cut_mode="eof"), "cut midway"),
     (Reply(events=[json.dumps({"choices": [{"index": 0, "delta": {"content": "Par"}}]}),
                    '{"choices": [{"ind']), "invalid JSON in the stream"),

@@ -20,5 +20,9 @@ def make_engine(settings: Settings, models_root: Path, grid: list[tuple[str, flo
         resolve_base_url(settings.engine, policy, budget)
     tok = _load_tokenizer(settings.model.tokenizer) if settings.model.tokenizer else None
     engine = OpenAIEngine(settings, tokenizer=tok)
-    engine.check_reachable()
+    try:
+        engine.check_reachable()
+    except BaseException:
+        engine.close()  # its connections, before the error reaches the user
+        raise
     return engine

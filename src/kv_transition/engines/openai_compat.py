@@ -3,9 +3,14 @@
 
 The server applies the KV policy, either because each setting has its own server
 (``engine.base_urls``) or because it reads ``kv_policy``/``kv_budget`` from the request body
-(``engine.send_kv_params``). This engine sends requests over async httpx with at most
+(``engine.send_kv_params``). This engine sends requests over aiohttp with at most
 ``engine.concurrency`` in flight, streams answers by default (time to first token, inter-token
 times, usage from the final chunk) and keeps what the server says about itself.
+
+Why aiohttp and not httpx: a sweep's client must cost far less than the server's answer, and on
+a 2-core machine a bare httpx.AsyncClient streaming loop alone costs 2.4-2.7 ms of CPU per
+request, against about 1 ms for aiohttp with its C HTTP parser (benchmarks/client_throughput.py
+has both rows). With many requests in flight, the client's CPU is what caps throughput.
 
 Retry rule: an attempt is retried only while no answer data has arrived: connect errors,
 timeouts before the answer began, 408, 429 (honouring Retry-After) and 5xx. Once the server has
@@ -23,19 +28,21 @@ import queue
 import secrets
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator, Sequence
 
-import httpx
+import aiohttp
 
 from kv_transition.data.prompt import context_part, full_prompt, question_part
 from kv_transition.engines.base import (EngineError, GenerationRequest, GenerationResult,
                                          median_or_none)
 from kv_transition.engines.endpoints import api_key, configured_base_urls, resolve_base_url
 from kv_transition.engines.openai_stream import MalformedChunk, StreamAssembly
-from kv_transition.engines.sse import DONE, SSEDecoder
+from kv_transition.engines.sse import DONE, LineSplitter, SSEDecoder
 from kv_transition.errors import BadInput
 from kv_transition.run.retries import acall_with_retries
 from kv_transition.settings import Settings
@@ -81,12 +88,12 @@ class OpenAIEngine:
         self._key = api_key(self._cfg)  # fails early (exit 2) when the variable is unset
         self.concurrency = self._cfg.concurrency
         self._timeout = self._cfg.request.timeout_s
-        self._headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        # built once and shared (it costs ~10 ms per client); httpx < 0.28 builds its own
-        self._ssl = httpx.create_ssl_context() if hasattr(httpx, "create_ssl_context") else True
-        # One client per worker: httpcore's pool scans every connection on every request, so
-        # one shared pool of 64 connections costs more CPU than the requests themselves.
-        self._clients: list[httpx.AsyncClient] = []
+        # identity: a compressed stream sits in the decompressor, which would blur token times
+        self._headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if self._key:
+            self._headers["Authorization"] = f"Bearer {self._key}"
+        self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str | None] = {}
         # One event loop per engine: the sync entry points run it in the caller's thread,
         # generate_many in a helper thread; never both at once.
         self._loop = asyncio.new_event_loop()
@@ -105,15 +112,30 @@ class OpenAIEngine:
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        for client in self._clients:
-            self._loop.run_until_complete(client.aclose())
+        if self._session is not None:
+            self._loop.run_until_complete(self._session.close())
         self._loop.close()
 
-    def _client(self, worker: int = 0) -> httpx.AsyncClient:
-        while len(self._clients) <= worker:
-            self._clients.append(httpx.AsyncClient(
-                headers=self._headers, timeout=httpx.Timeout(self._timeout), verify=self._ssl))
-        return self._clients[worker]
+    def _client(self) -> aiohttp.ClientSession:
+        """The engine's one session, made on first use from inside its loop (aiohttp ties a
+        session to the loop running when it is made). Its pool holds one keep-alive
+        connection per request in flight."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0)
+            # trust_env=False: aiohttp would look up netrc and the proxy on a thread for every
+            # request; _proxy() reads the same environment once per URL instead.
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout))
+        return self._session
+
+    def _proxy(self, url: str) -> str | None:
+        """The proxy that HTTP_PROXY/HTTPS_PROXY/NO_PROXY name for ``url``, as curl reads them."""
+        if url not in self._proxies:
+            parts = urllib.parse.urlsplit(url)
+            bypass = urllib.request.proxy_bypass(parts.hostname or "")
+            self._proxies[url] = None if bypass else urllib.request.getproxies().get(parts.scheme)
+        return self._proxies[url]
 
     def __enter__(self) -> "OpenAIEngine":
         return self
@@ -159,26 +181,25 @@ class OpenAIEngine:
                           outcomes: queue.Queue) -> None:
         todo = deque(range(len(requests)))
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker() -> None:
             while todo:
                 index = todo.popleft()
-                outcomes.put(await self._answer(index, requests[index], client))
+                outcomes.put(await self._answer(index, requests[index]))
 
-        workers = [asyncio.create_task(worker(self._client(k)))
-                   for k in range(min(self.concurrency, len(requests)))]
+        workers = [asyncio.create_task(worker())
+                   for _ in range(min(self.concurrency, len(requests)))]
         try:
             await asyncio.gather(*workers)
         finally:
             for w in workers:
                 w.cancel()
 
-    async def _answer(self, index: int, request: GenerationRequest,
-                      client: httpx.AsyncClient) -> RequestOutcome:
+    async def _answer(self, index: int, request: GenerationRequest) -> RequestOutcome:
         req = self._cfg.request
         start = time.perf_counter()
         try:
             result, attempts = await acall_with_retries(
-                lambda: self.agenerate(request, client), max_retries=req.max_retries,
+                lambda: self.agenerate(request), max_retries=req.max_retries,
                 backoff_s=req.backoff_s)
             return RequestOutcome(index, result, None, attempts, time.perf_counter() - start)
         except EngineError as err:
@@ -187,23 +208,22 @@ class OpenAIEngine:
 
     # -- one attempt ---------------------------------------------------------------------
 
-    async def agenerate(self, request: GenerationRequest,
-                        client: httpx.AsyncClient | None = None) -> GenerationResult:
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         """One attempt under the per-request deadline; raises ``EngineError``."""
-        url, body = self._url(request), self._body(request)
-        client = client or self._client()
+        url, body = self._url(request), json.dumps(self._body(request)).encode()
+        session = self._client()
         attempt = _Attempt(time.perf_counter())
         try:
             async with asyncio.timeout(self._timeout):
                 if self._cfg.stream:
-                    return await self._streamed(client, url, body, attempt)
-                return await self._whole(client, url, body, attempt)
-        except (TimeoutError, httpx.TimeoutException) as exc:
+                    return await self._streamed(session, url, body, attempt)
+                return await self._whole(session, url, body, attempt)
+        except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             if attempt.assembly is not None and attempt.assembly.done:
                 # the answer ended ([DONE]) but the server kept the connection open
                 return self._stream_result(attempt, time.perf_counter() - attempt.started)
             raise self._timeout_error(url, attempt, exc) from None
-        except httpx.RequestError as exc:
+        except aiohttp.ClientError as exc:
             if attempt.assembly is not None and attempt.assembly.done:
                 return self._stream_result(attempt, time.perf_counter() - attempt.started)
             # refused, reset, closed mid-answer: worth another try only if nothing came yet
@@ -211,19 +231,18 @@ class OpenAIEngine:
                 f"POST {url}: {type(exc).__name__}: {self._redact(str(exc))}"
                 f"{_after(attempt)}", transient=not attempt.answered) from None
 
-    async def _streamed(self, client: httpx.AsyncClient, url: str, body: dict[str, Any],
+    async def _streamed(self, session: aiohttp.ClientSession, url: str, body: bytes,
                         attempt: _Attempt) -> GenerationResult:
-        async with client.stream("POST", url, json=body) as response:
+        async with session.post(url, data=body, proxy=self._proxy(url)) as response:
             await self._check_status(url, response)
             attempt.assembly = StreamAssembly(attempt.started)
-            decoder = SSEDecoder()
-            async for line in response.aiter_lines():
-                event = decoder.feed(line)
-                if event is not None:
-                    self._on_event(url, event.data, event.event, attempt)
+            decoder, lines = SSEDecoder(), LineSplitter()
+            async for data in response.content.iter_any():
+                self._on_lines(url, lines.feed(data), decoder, attempt)
+            self._on_lines(url, lines.flush(), decoder, attempt)
             event = decoder.flush()  # a last event without its blank line
             if event is not None:
-                self._on_event(url, event.data, event.event, attempt)
+                self._on_event(url, event.data, event.event, attempt, time.perf_counter())
         assembly = attempt.assembly
         if not assembly.complete:
             raise EngineError(
@@ -232,8 +251,16 @@ class OpenAIEngine:
                 transient=not attempt.answered)
         return self._stream_result(attempt, time.perf_counter() - attempt.started)
 
-    def _on_event(self, url: str, data: str, event: str, attempt: _Attempt) -> None:
-        now = time.perf_counter()
+    def _on_lines(self, url: str, lines: list[str], decoder: SSEDecoder,
+                  attempt: _Attempt) -> None:
+        now = time.perf_counter()  # the lines of one read arrived together
+        feed = decoder.feed
+        for line in lines:
+            event = feed(line)
+            if event is not None:
+                self._on_event(url, event.data, event.event, attempt, now)
+
+    def _on_event(self, url: str, data: str, event: str, attempt: _Attempt, now: float) -> None:
         attempt.mark(now)
         assembly = attempt.assembly
         if data == DONE or data.strip() == DONE:
@@ -257,23 +284,22 @@ class OpenAIEngine:
             raise EngineError(f"POST {url}: invalid JSON from server: malformed stream chunk "
                               f"({exc})", transient=False) from None
 
-    async def _whole(self, client: httpx.AsyncClient, url: str, body: dict[str, Any],
+    async def _whole(self, session: aiohttp.ClientSession, url: str, body: bytes,
                      attempt: _Attempt) -> GenerationResult:
-        async with client.stream("POST", url, json=body) as response:
+        async with session.post(url, data=body, proxy=self._proxy(url)) as response:
             await self._check_status(url, response)
             parts = []
-            async for part in response.aiter_bytes():
+            async for part in response.content.iter_any():
                 attempt.mark(time.perf_counter())
                 parts.append(part)
         latency = time.perf_counter() - attempt.started
         payload = self._parse(url, b"".join(parts), attempt)
         return self._whole_result(payload, latency, attempt)
 
-    async def _check_status(self, url: str, response: httpx.Response) -> None:
-        if response.status_code < 300:
+    async def _check_status(self, url: str, response: aiohttp.ClientResponse) -> None:
+        if response.status < 300:
             return
-        await response.aread()
-        raise self._http_error(url, response)
+        raise self._http_error(url, response, await response.read())
 
     # -- before a run ----------------------------------------------------------------------
 
@@ -296,14 +322,19 @@ class OpenAIEngine:
         """
         for field, base in configured_base_urls(self._cfg):
             try:
-                self._loop.run_until_complete(
-                    self._client().get(_join(base, "models"), timeout=REACHABILITY_TIMEOUT_S))
-            except httpx.ReadTimeout:
+                self._loop.run_until_complete(self._probe(_join(base, "models")))
+            except aiohttp.SocketTimeoutError:
                 continue  # it accepted the connection; it is busy, not absent
-            except (httpx.RequestError, httpx.InvalidURL) as exc:
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise BadInput(
                     f"{field} {base}: unreachable ({type(exc).__name__}: "
                     f"{self._redact(str(exc))}); start the server or fix the URL") from None
+
+    async def _probe(self, url: str) -> None:
+        timeout = aiohttp.ClientTimeout(sock_connect=REACHABILITY_TIMEOUT_S,
+                                        sock_read=REACHABILITY_TIMEOUT_S)
+        async with self._client().get(url, timeout=timeout, proxy=self._proxy(url)) as response:
+            await response.read()
 
     # -- build -----------------------------------------------------------------------------
 
@@ -338,16 +369,17 @@ class OpenAIEngine:
 
     # -- errors ----------------------------------------------------------------------------
 
-    def _http_error(self, url: str, response: httpx.Response) -> EngineError:
-        status = response.status_code
-        message = self._redact(_server_message(response))
+    def _http_error(self, url: str, response: aiohttp.ClientResponse,
+                    data: bytes) -> EngineError:
+        status = response.status
+        message = self._redact(_server_message(data, response.reason))
         transient = status in TRANSIENT_STATUS or status >= 500
         err = EngineError(f"POST {url}: HTTP {status}: {message}", transient=transient)
         err.retry_after = _retry_after_s(response.headers.get("Retry-After"))
         return err
 
     def _timeout_error(self, url: str, attempt: _Attempt, exc: BaseException) -> EngineError:
-        what = type(exc).__name__ if isinstance(exc, httpx.TimeoutException) else "deadline"
+        what = type(exc).__name__ if isinstance(exc, aiohttp.ServerTimeoutError) else "deadline"
         return EngineError(
             f"POST {url}: no complete answer within {self._timeout:g} s ({what})"
             f"{_after(attempt)}", transient=not attempt.answered, kind="TIMEOUT")
@@ -468,12 +500,12 @@ def _error_message(error: Any) -> str:
     return json.dumps(error)[:500]
 
 
-def _server_message(response: httpx.Response) -> str:
+def _server_message(data: bytes, reason: str | None) -> str:
     """The error text as OpenAI, vLLM, llama.cpp or FastAPI servers phrase it."""
     try:
-        body = response.json()
+        body = json.loads(data)
     except ValueError:
-        return response.text[:500] or response.reason_phrase
+        return data[:500].decode("utf-8", "replace") or (reason or "")
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and error.get("message"):

@@ -38,15 +38,19 @@ class StreamAssembly:
         self.n_chunks += 1
         if not self.identity:  # every chunk repeats it; the first one is enough
             self.identity = {key: chunk[key] for key in _IDENTITY if key in chunk}
+        # usage and server reports are rare (null or absent in all but the last chunk): the
+        # truth test first keeps the common chunk cheap
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if usage and isinstance(usage, dict):
             self.usage = usage
         for key in SERVER_REPORTS:
             report = chunk.get(key)
-            if isinstance(report, dict):
+            if report and isinstance(report, dict):
                 self.reports[key] = report
-        choices = chunk.get("choices") or ()
-        if not isinstance(choices, (list, tuple)):
+        choices = chunk.get("choices")
+        if not choices:
+            return
+        if not isinstance(choices, list):
             raise MalformedChunk("'choices' must be a list")
         for choice in choices:
             self._add_choice(choice, now)
