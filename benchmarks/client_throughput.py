@@ -1,18 +1,21 @@
 """Throughput and own overhead of the `openai` engine against a fixed-delay local server.
 
 A server (benchmarks/delay_server.py, its own process) answers every request after a fixed
-delay with a streamed answer. With that delay d, c requests in flight can at best finish c/d
-per second, so the ratio to c/d shows what the client loses as concurrency grows (1, 4, 16,
-64). Beside it, sequential loops: the engine's one-at-a-time `generate`, and bare clients
-reading the stream line by line with no SSE parsing and no bookkeeping: aiohttp (what the
-engine uses: the floor under its own cost, alone and at the highest concurrency) and httpx
-(sync and async: why the engine does not use it). Client overhead per request is the client process's CPU time per request (all threads;
-the server is another process), and the median latency above the delay. The server's CPU per
+delay with a streamed answer, in one write or (``--token-gap-ms``) chunk by chunk. With that
+delay d, c requests in flight can at best finish c/d per second, so the ratio to c/d shows what
+the client loses as concurrency grows (1, 4, 16, 64). Beside it, sequential loops: the engine's
+one-at-a-time `generate`, and bare clients reading the stream line by line with no SSE parsing
+and no bookkeeping: aiohttp (what the engine uses: the floor under its own cost, alone and at
+the highest concurrency) and httpx (sync and async: why the engine does not use it).
+
+Client overhead per request is the client process's CPU time per request (all threads; the
+server is another process), and the median latency above the delay. The server's CPU per
 request is beside it: both share the machine's cores, so at high request rates the sum is what
 caps throughput. Prints a table per delay and writes it to
-benchmarks/results/client_throughput_<delay>ms.md.
+benchmarks/results/client_throughput_<delay>ms[_gap<G>ms].md.
 
     .venv/bin/python benchmarks/client_throughput.py [--delay-ms 250 50] [--tokens 16]
+        [--token-gap-ms 0]
 """
 
 from __future__ import annotations
@@ -48,10 +51,12 @@ def _server_cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
 
 
-def _start_server(delay_ms: float, tokens: int) -> tuple[subprocess.Popen, str]:
+def _start_server(delay_ms: float, tokens: int,
+                  gap_ms: float = 0.0) -> tuple[subprocess.Popen, str]:
     server = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("delay_server.py")), "--delay-ms",
-         str(delay_ms), "--tokens", str(tokens)], stdout=subprocess.PIPE, text=True)
+         str(delay_ms), "--tokens", str(tokens), "--token-gap-ms", str(gap_ms)],
+        stdout=subprocess.PIPE, text=True)
     line = server.stdout.readline()
     if not line.startswith("PORT "):
         server.kill()
@@ -201,9 +206,11 @@ def _row(mode: str, c: int, n: int, times: tuple[float, float, float], lat: list
             "over_ms": 1000.0 * (statistics.median(lat) - delay_s)}
 
 
-def table(rows: list[dict], delay_ms: float, tokens: int, load: tuple[float, ...]) -> str:
+def table(rows: list[dict], delay_ms: float, tokens: int, gap_ms: float,
+          load: tuple[float, ...]) -> str:
+    sent = f"{gap_ms:g} ms apart" if gap_ms else "in one write"
     lines = [
-        f"delay {delay_ms:g} ms, {tokens} streamed chunks per answer, "
+        f"delay {delay_ms:g} ms, {tokens} streamed chunks per answer sent {sent}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
         f"{load[0]:.1f} -> {os.getloadavg()[0]:.1f} (other processes compete for the CPUs), "
         f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
@@ -220,10 +227,10 @@ def table(rows: list[dict], delay_ms: float, tokens: int, load: tuple[float, ...
     return "\n".join(lines)
 
 
-def one_delay(delay_ms: float, tokens: int, concurrency: list[int]) -> None:
+def one_delay(delay_ms: float, tokens: int, concurrency: list[int], gap_ms: float) -> None:
     global _server_pid
     load = os.getloadavg()
-    server, base_url = _start_server(delay_ms, tokens)
+    server, base_url = _start_server(delay_ms, tokens, gap_ms)
     _server_pid = server.pid
     delay_s = delay_ms / 1000.0
     try:
@@ -236,12 +243,14 @@ def one_delay(delay_ms: float, tokens: int, concurrency: list[int]) -> None:
     finally:
         server.terminate()
         server.wait()
-    text = table(rows, delay_ms, tokens, load)
+    text = table(rows, delay_ms, tokens, gap_ms, load)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"client_throughput_{delay_ms:g}ms.md"
+    gap = f"_gap{gap_ms:g}ms" if gap_ms else ""
+    out = RESULTS / f"client_throughput_{delay_ms:g}ms{gap}.md"
     out.write_text("# client_throughput\n\n`.venv/bin/python benchmarks/client_throughput.py "
-                   f"--delay-ms {delay_ms:g} --tokens {tokens}`\n\n{text}\n")
+                   f"--delay-ms {delay_ms:g} --tokens {tokens} --token-gap-ms {gap_ms:g}`"
+                   f"\n\n{text}\n")
     print(f"\nwritten to {out}\n")
 
 
@@ -249,10 +258,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay-ms", type=float, nargs="+", default=[250.0, 50.0])
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--token-gap-ms", type=float, default=0.0,
+                        help="send the chunks this far apart (0: the whole answer in one write)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     args = parser.parse_args()
     for delay_ms in args.delay_ms:
-        one_delay(delay_ms, args.tokens, args.concurrency)
+        one_delay(delay_ms, args.tokens, args.concurrency, args.token_gap_ms)
 
 
 if __name__ == "__main__":
