@@ -287,6 +287,17 @@ def test_400_is_not_transient_and_carries_the_server_message(server):
 
 
 @pytest.mark.parametrize("stream", [True, False])
+def test_a_redirect_is_an_error_that_names_the_new_url(server, stream):
+    moved = "https://example.invalid/v1/chat/completions"
+    server.script.append(Reply(status=301, body=b"", headers={"Location": moved}))
+    with make_engine(server.base_url, stream=stream) as engine, \
+            pytest.raises(EngineError) as info:
+        engine.generate(REQ)
+    assert not info.value.transient and f"HTTP 301: redirected to {moved}" in str(info.value)
+    assert len(server.seen) == 1  # not followed
+
+
+@pytest.mark.parametrize("stream", [True, False])
 def test_slow_first_byte_times_out_and_is_transient(server, stream):
     server.script.append(Reply(delay_s=5.0))
     with make_engine(server.base_url, stream=stream, request={"timeout_s": 0.3}) as engine:

@@ -233,7 +233,8 @@ class OpenAIEngine:
 
     async def _streamed(self, session: aiohttp.ClientSession, url: str, body: bytes,
                         attempt: _Attempt) -> GenerationResult:
-        async with session.post(url, data=body, proxy=self._proxy(url)) as response:
+        async with session.post(url, data=body, proxy=self._proxy(url),
+                                allow_redirects=False) as response:
             await self._check_status(url, response)
             attempt.assembly = StreamAssembly(attempt.started)
             decoder, lines = SSEDecoder(), LineSplitter()
@@ -286,7 +287,8 @@ class OpenAIEngine:
 
     async def _whole(self, session: aiohttp.ClientSession, url: str, body: bytes,
                      attempt: _Attempt) -> GenerationResult:
-        async with session.post(url, data=body, proxy=self._proxy(url)) as response:
+        async with session.post(url, data=body, proxy=self._proxy(url),
+                                allow_redirects=False) as response:
             await self._check_status(url, response)
             parts = []
             async for part in response.content.iter_any():
@@ -373,6 +375,10 @@ class OpenAIEngine:
                     data: bytes) -> EngineError:
         status = response.status
         message = self._redact(_server_message(data, response.reason))
+        location = response.headers.get("Location")
+        if 300 <= status < 400 and location:
+            # not followed: a redirected POST may come back as a GET, and the URL is the fix
+            message = f"redirected to {location}: point the base URL there ({message})"
         transient = status in TRANSIENT_STATUS or status >= 500
         err = EngineError(f"POST {url}: HTTP {status}: {message}", transient=transient)
         err.retry_after = _retry_after_s(response.headers.get("Retry-After"))
