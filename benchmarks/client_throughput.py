@@ -21,6 +21,7 @@ benchmarks/results/client_throughput_<delay>ms[_gap<G>ms].md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import statistics
@@ -120,10 +121,15 @@ def sequential_row(base_url: str, delay_s: float, tokens: int) -> dict:
     return _row("sequential engine.generate loop", 1, n, times, lat, delay_s)
 
 
+def _bare_body(tokens: int) -> dict:
+    """The body of the bare clients' requests: the engine's prompt size, streamed."""
+    return {"model": "bench", "messages": [{"role": "user", "content": "lorem ipsum " * 200}],
+            "max_tokens": tokens, "stream": True}
+
+
 def bare_httpx_row(base_url: str, delay_s: float, tokens: int) -> dict:
     n = 40
-    body = {"model": "bench", "messages": [{"role": "user", "content": "lorem ipsum " * 200}],
-            "max_tokens": tokens, "stream": True}
+    body = _bare_body(tokens)
     with httpx.Client(timeout=30) as client:
         client.post(f"{base_url}/chat/completions", json=body).read()
 
@@ -139,12 +145,9 @@ def bare_httpx_row(base_url: str, delay_s: float, tokens: int) -> dict:
 
 
 def bare_async_row(base_url: str, delay_s: float, tokens: int) -> dict:
-    """httpx.AsyncClient reading the stream line by line: the floor under the engine's cost."""
-    import asyncio
-
+    """httpx.AsyncClient reading the stream line by line: what the engine used before aiohttp."""
     n = 40
-    body = {"model": "bench", "messages": [{"role": "user", "content": "lorem ipsum " * 200}],
-            "max_tokens": tokens, "stream": True}
+    body = _bare_body(tokens)
 
     async def one(client: httpx.AsyncClient) -> float:
         start = time.perf_counter()
@@ -167,11 +170,8 @@ def bare_async_row(base_url: str, delay_s: float, tokens: int) -> dict:
 def bare_aiohttp_row(base_url: str, delay_s: float, tokens: int, c: int = 1) -> dict:
     """aiohttp reading the stream line by line, ``c`` loops at once on one event loop: the
     floor under the engine's own cost at that concurrency."""
-    import asyncio
-
     rounds = 40 if c == 1 else 20
-    body = {"model": "bench", "messages": [{"role": "user", "content": "lorem ipsum " * 200}],
-            "max_tokens": tokens, "stream": True}
+    body = _bare_body(tokens)
 
     async def one(session: aiohttp.ClientSession) -> float:
         start = time.perf_counter()
