@@ -6,22 +6,19 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import yaml
 from typer.testing import CliRunner
 
+from kvt_testkit import write_config
 from kv_transition.cli import app
 
 CANARY_TABLES = ("runs", "requests", "responses", "scores", "functional_scores", "perplexity",
                  "sds")
-CONFIG = {
+# the shared tiny grid (model, binning, analysis) with the canary's own task, policy and probes
+CANARY_SECTIONS = {
     "dataset": {"name": "functional", "task": "mix", "lengths": [96, 160], "n_per_bin": 2,
                 "seed": 0},
-    "binning": {"n_bins": 2},
-    "model": {"name": "builtin:tiny-random", "dtype": "float32", "device": "cpu"},
-    "engine": {"kind": "hf"},
     "kv": {"policies": ["streamingllm"], "budgets": [1.0, 0.5]},
     "decoding": {"max_tokens": 4},
-    "analysis": {"n_bootstrap": 200},
     "canary": {"perplexity": {"n_texts": 2, "prefix_tokens": 48, "continuation_tokens": 8}},
     "output": {"exp_group_id": "canary-tiny"},
 }
@@ -38,8 +35,7 @@ def counts(db):
 
 
 def test_canary_runs_through_all_and_reports_sds(home, tmp_path):
-    config = tmp_path / "canary.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
+    config = write_config(tmp_path / "canary.yaml", **CANARY_SECTIONS)
     result = cli("all", "-c", config)
     assert result.exit_code == 0, result.output
     run_dir = home / "runs" / "canary-tiny"
@@ -64,8 +60,7 @@ def test_canary_runs_through_all_and_reports_sds(home, tmp_path):
 
 
 def test_scoring_runs_the_sandbox_on_real_answers_and_sds_sees_the_drop(home, tmp_path):
-    config = tmp_path / "canary.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
+    config = write_config(tmp_path / "canary.yaml", **CANARY_SECTIONS)
     assert cli("prepare", "-c", config).exit_code == 0
     assert cli("run", "-c", config).exit_code == 0
     db = home / "runs" / "canary-tiny" / "kv_transition.sqlite"
@@ -98,8 +93,7 @@ def test_scoring_runs_the_sandbox_on_real_answers_and_sds_sees_the_drop(home, tm
 
 
 def test_a_bad_heldout_file_is_exit_2_and_leaves_the_database_alone(home, tmp_path):
-    config = tmp_path / "canary.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
+    config = write_config(tmp_path / "canary.yaml", **CANARY_SECTIONS)
     assert cli("prepare", "-c", config).exit_code == 0
     db = home / "runs" / "canary-tiny" / "kv_transition.sqlite"
     before = list(sqlite3.connect(db).iterdump())
