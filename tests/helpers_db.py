@@ -78,7 +78,8 @@ def _insert_dataset(conn: sqlite3.Connection, bins: list[tuple[int, int]],
             ex = f"ex{bin_idx}_{j}"
             conn.execute(
                 "INSERT INTO examples VALUES (?,?,?,?,?,?,?)",
-                (ex, DATASET, "q?", "context", json.dumps(["a"]), "{}", (tmin + tmax) // 2))
+                (ex, DATASET, "q?", f"context of {ex}", json.dumps(["a"]), "{}",
+                 (tmin + tmax) // 2))
             cur = conn.execute("INSERT INTO manifest_entries (dataset_id, example_id, bin_idx) "
                                "VALUES (?,?,?)", (DATASET, ex, bin_idx))
             ids.append(cur.lastrowid)

@@ -142,9 +142,11 @@ def score(exp: Experiment) -> dict[str, int]:
 
 def analyze(exp: Experiment) -> dict:
     from kv_transition.analysis.run_analysis import analyze as run_analysis
+    from kv_transition.analysis.transition import planned_looks
 
     conn = exp.connect(must_exist=True)
-    return run_analysis(conn, exp.exp_id, exp.settings.analysis, exp.run_dir)
+    looks = planned_looks(exp.settings.dataset.n_per_bin, exp.settings.analysis.max_n_per_bin)
+    return run_analysis(conn, exp.exp_id, exp.settings.analysis, exp.run_dir, looks)
 
 
 def report(exp: Experiment) -> Path:

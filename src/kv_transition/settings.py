@@ -235,7 +235,20 @@ class AnalysisConfig(_Strict):
     n_bootstrap: int = Field(2000, ge=100)
     ci: float = Field(0.95, gt=0.5, lt=1.0)
     seed: int = 0
-    z_threshold: float = Field(1.0, gt=0, description="Transition detector z-score threshold.")
+    z_threshold: float = Field(1.0, gt=0, description="Unused since issue 13 (z-scores only "
+                               "describe the curve now); kept so old configs still load.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Transition detector: level of the "
+                         "one-sided tests after multiplicity control (split over refine's looks).")
+    multiplicity: Literal["bh", "holm"] = Field(
+        "bh", description="Across bins, signals and settings: Benjamini-Hochberg or Holm.")
+    inconclusive_p: float = Field(0.1, gt=0, lt=1, description="A bin whose smallest raw p is "
+                                  "below this, yet not significant, is inconclusive: `refine` "
+                                  "grows it.")
+    refine: bool = Field(False, description="`all` runs `refine` after `analyze`.")
+    max_n_per_bin: int | None = Field(
+        None, ge=1, description="`refine` doubles inconclusive bins up to this many examples. "
+        "Set, it also fixes the number of looks (1 + doublings from dataset.n_per_bin) that "
+        "alpha is split over, from the first `analyze` on.")
 
 
 PROBE_PROMPTS = ("prose_explanation", "code_generation", "mixed_content", "reasoning_chain",

@@ -81,4 +81,37 @@ def test_single_example_bin_has_null_std(tmp_path, dbh):
     conn, _ = dbh.build_experiment(tmp_path / "x.sqlite", runs=runs)
     (stat,) = compute_bin_stats(conn, "exp", CFG)
     assert stat["acc_std"] is None
-    assert (stat["acc_ci_low"], stat["acc_ci_high"]) == (1.0, 1.0)
+    # one right answer is weak evidence: Wilson, not the old single point [1, 1] (issue 13)
+    assert stat["acc_ci_method"] == "wilson"
+    assert stat["acc_ci_low"] == pytest.approx(0.2065, abs=1e-4) and stat["acc_ci_high"] == 1.0
+
+
+def test_methods_and_paired_test_are_stored(paired_db):
+    conn, run_ids = paired_db
+    compute_bin_stats(conn, "exp", CFG)
+    row = conn.execute(
+        "SELECT acc_ci_method, fail_ci_low, fail_ci_high, fail_ci_method, acc_delta_ci_method,"
+        " acc_delta_p, acc_delta_test, n_paired, changed_rate, n_clusters FROM bin_stats "
+        "WHERE run_id = ? AND bin_idx = 1", (run_ids[("snapkv", 0.5)],)).fetchone()
+    assert tuple(row[k] for k in ("acc_ci_method", "fail_ci_method", "acc_delta_ci_method",
+                                  "acc_delta_test")) == (
+        "wilson", "wilson", "bonett_price", "mcnemar_exact")
+    # bin 1: one loss (entry 1) and no gain -> exact McNemar p = 1
+    assert row["acc_delta_p"] == pytest.approx(1.0)
+    assert row["fail_ci_low"] < 0.25 < row["fail_ci_high"]
+    # answers x y / (failed) / c / e against x y / a b / c / d: two changed of four
+    assert (row["n_paired"], row["changed_rate"], row["n_clusters"]) == (4, 0.5, 4)
+
+
+def test_questions_on_one_context_are_one_cluster(tmp_path, dbh):
+    runs = {("full", 1.0): [[dbh.Outcome(1.0, "a")] * 4 + [dbh.Outcome(0.0, "b")] * 4]}
+    conn, _ = dbh.build_experiment(tmp_path / "x.sqlite", runs=runs)
+    (iid,) = compute_bin_stats(conn, "exp", CFG)
+    # the first four examples share one context, the last four another
+    conn.execute("UPDATE examples SET context = CASE WHEN example_id < 'ex0_4' THEN 'A' "
+                 "ELSE 'B' END")
+    (clustered,) = compute_bin_stats(conn, "exp", CFG)
+    assert (iid["n_clusters"], clustered["n_clusters"]) == (8, 2)
+    assert clustered["acc_ci_method"] == "wilson_clustered"
+    assert clustered["acc_ci_high"] - clustered["acc_ci_low"] > \
+        iid["acc_ci_high"] - iid["acc_ci_low"]

@@ -3,100 +3,129 @@ import json
 import pytest
 
 from kv_transition.analysis.aggregate import compute_bin_stats
-from kv_transition.analysis.transition import detect_transition, write_transitions
+from kv_transition.analysis.transition import (Policy, detect_transition, inconclusive_bins,
+                                               plan_tests, write_transitions)
 from kv_transition.settings import AnalysisConfig
 
 
-def _stats(acc, fail, std=None, flip=None, n=50, half_ci=0.05):
+def _stats(acc, fail, flip=None, n=50):
+    """bin_stats rows; flip None means no baseline (no paired signals)."""
     k = len(acc)
-    std = std if std is not None else [0.3] * k
     flip = flip if flip is not None else [None] * k
-    return [{"bin_idx": i, "n": n, "acc_mean": a, "acc_ci_low": a - half_ci,
-             "acc_ci_high": a + half_ci, "acc_std": s, "fail_rate": f, "flip_rate": fl}
-            for i, (a, f, s, fl) in enumerate(zip(acc, fail, std, flip))]
+    return [{"bin_idx": i, "n": n, "acc_mean": a, "fail_rate": f, "flip_rate": fl,
+             "changed_rate": fl, "n_paired": None if fl is None else n}
+            for i, (a, f, fl) in enumerate(zip(acc, fail, flip))]
 
 
 def test_fail_spike_before_collapse_is_a_transition():
     run = _stats([0.9, 0.9, 0.85, 0.8, 0.8], [0, 0, 0.4, 0, 0], flip=[0.02] * 5)
     base = _stats([0.9] * 5, [0] * 5, flip=[0.0] * 5)
-    start, end, why = detect_transition(run, base, z_threshold=1.0)
+    start, end, why = detect_transition(run, base)
     assert (start, end) == (2, 2)
-    assert why["verdict"] == "transition" and why["evidence"] == "strong"
-    assert why["bins"][2]["z_fail"] == pytest.approx(2.0)
-    assert why["bins"][2]["triggers"] == ["fail"]
-    assert why["collapse_bin"] is None and why["acc_drop_vs"] == "baseline"
-    assert why["p_fail_higher"] < 0.05
+    assert why["verdict"] == "transition" and why["signal"] == "fail"
+    assert why["reference_bin"] == 0 and why["test"] == "fisher_exact_one_sided"
+    assert why["p_adjusted"] < 0.05 and why["p_value"] <= why["p_adjusted"]
+    assert why["statistic"] == pytest.approx(0.4)
+    assert why["collapse_bin"] is None
     json.dumps(why, allow_nan=False)
 
 
 def test_flip_spike_counts_as_instability():
     run = _stats([0.9] * 4, [0] * 4, flip=[0.0, 0.05, 0.6, 0.05])
-    start, end, why = detect_transition(run, _stats([0.9] * 4, [0] * 4), 1.0)
-    assert (start, end) == (2, 2) and why["bins"][2]["triggers"] == ["flip"]
+    start, end, why = detect_transition(run, _stats([0.9] * 4, [0] * 4, flip=[0.0] * 4))
+    assert (start, end) == (2, 2) and why["zones"][0]["signals"] == ["changed", "flip"]
 
 
-def test_constant_series_has_no_zscores():
-    start, end, why = detect_transition(_stats([0.7] * 4, [0.1] * 4), None, 1.0)
+def test_only_a_rise_counts():
+    # instability falls with length: a two-sided check would call this a zone
+    run = _stats([0.9] * 4, [0.5, 0.0, 0.0, 0.0])
+    start, end, why = detect_transition(run, None)
+    assert (start, end) == (None, None) and why["verdict"] == "no_instability"
+
+
+def test_nine_of_twelve_against_twelve_of_twelve_is_not_strong():
+    # the old detector called 9/12 vs 12/12 strong through a single-point reference CI
+    run = _stats([1.0, 0.75, 0.75], [0.0, 0.25, 0.0], n=12)
+    start, end, why = detect_transition(run, None)
     assert (start, end) == (None, None)
-    assert why["verdict"] == "constant"
-    assert all(b["z_std"] == 0.0 for b in why["bins"])
-    json.dumps(why, allow_nan=False)
+    assert why["tests"][0]["p"] == pytest.approx(0.1087, abs=1e-3)
 
 
-def test_tiny_n_with_overlapping_cis_is_weak():
-    run = _stats([0.67] * 5, [0, 0, 2 / 3, 0, 0], n=3, half_ci=0.5)
-    start, end, why = detect_transition(run, None, 1.0)
+def test_every_candidate_zone_is_reported():
+    run = _stats([0.9] * 7, [0, 0.5, 0, 0, 0.5, 0.5, 0])
+    start, end, why = detect_transition(run, None)
+    assert (start, end) == (1, 1)
+    assert [(z["start"], z["end"]) for z in why["zones"]] == [(1, 1), (4, 5)]
+
+
+def test_collapsed_bins_are_excluded_and_never_the_reference():
+    # bin 0 collapsed: the reference is bin 1; the spike after collapse at bin 4 is untested
+    run = _stats([0.1, 0.9, 0.9, 0.1, 0.1], [0.9, 0, 0.5, 0, 0.9])
+    start, end, why = detect_transition(run, None)
+    assert why["reference_bin"] == 1 and (start, end) == (2, 2)
+    assert {t["bin_idx"] for t in why["tests"]} == {2}
+    assert why["collapse_bin"] == 0 and why["collapse_floor"] == pytest.approx(0.45)
+    assert why["bins"][0]["z_fail"] is None  # collapsed: not standardised
+
+
+def test_every_bin_collapsed_has_no_reference():
+    start, end, why = detect_transition(_stats([0.0] * 3, [0.5] * 3), None)
+    assert why["verdict"] == "no_reference"
+
+
+def test_suggestive_but_not_significant_is_weak_and_inconclusive():
+    run = _stats([0.67] * 5, [0, 0, 1 / 3, 0, 0], n=12)
+    start, end, why = detect_transition(run, None)
     assert (start, end) == (None, None)
-    assert why["verdict"] == "weak" and why["evidence"] == "weak"
-    assert why["candidate"] == [2, 2]
-    assert why["p_fail_higher"] > 0.05
+    assert why["verdict"] == "weak" and why["inconclusive_bins"] == [2]
+    assert inconclusive_bins(plan_tests(run, None) | {"tests": []}, Policy()) == []
+
+
+def test_more_looks_need_more_evidence():
+    run = _stats([0.9] * 3, [0, 0.2, 0], n=30)
+    _, _, once = detect_transition(run, None, Policy(looks=1))
+    _, _, thrice = detect_transition(run, None, Policy(looks=3))
+    assert once["verdict"] == "transition" and thrice["verdict"] == "weak"
+    assert thrice["level"] == pytest.approx(0.05 / 3, abs=1e-6)
 
 
 def test_one_bin_does_not_crash():
-    start, end, why = detect_transition(_stats([0.5], [0.2]), None, 1.0)
+    start, end, why = detect_transition(_stats([0.5], [0.2]), None)
     assert (start, end) == (None, None)
     assert why["verdict"] == "too_few_bins"
     json.dumps(why, allow_nan=False)
 
 
-def test_spike_after_collapse_is_not_a_transition():
-    run = _stats([0.9, 0.9, 0.1, 0.1, 0.1], [0, 0, 0, 0, 0.5])
-    start, end, why = detect_transition(run, None, 1.0)
-    assert (start, end) == (None, None)
-    assert why["verdict"] == "no_instability"
-    assert why["collapse_bin"] == 2 and why["collapse_floor"] == pytest.approx(0.45)
-
-
-def test_zone_at_first_bin_compares_against_next_bin():
-    run = _stats([0.9] * 4, [0.5, 0, 0, 0])
-    start, end, why = detect_transition(run, None, 1.0)
-    assert (start, end) == (0, 0) and why["reference_bin"] == 1
-
-
-def test_every_bin_unstable_is_weak_not_a_crash():
-    # at a low threshold std fires in bin 1 and fail in bin 0: no stable bin remains
-    run = _stats([0.9, 0.9], [0.3, 0.1], std=[0.1, 0.3])
-    start, end, why = detect_transition(run, None, 0.5)
-    assert (start, end) == (None, None)
-    assert why["verdict"] == "weak" and why["reference_bin"] is None
-
-
-def test_missing_std_values_are_tolerated():
-    run = _stats([0.9, 0.9, 0.9], [0, 0.6, 0], std=[None, None, None])
-    start, end, why = detect_transition(run, None, 1.0)
-    assert (start, end) == (1, 1)
-    assert why["bins"][0]["z_std"] is None
-
-
-def test_write_transitions_replaces_rows(paired_db):
+def test_write_transitions_replaces_rows_and_stores_the_test(paired_db):
     conn, run_ids = paired_db
     cfg = AnalysisConfig(n_bootstrap=200)
     compute_bin_stats(conn, "exp", cfg)
     write_transitions(conn, "exp", cfg)
     results = write_transitions(conn, "exp", cfg)
-    rows = conn.execute("SELECT run_id, rationale_json FROM transition_summary").fetchall()
+    rows = conn.execute("SELECT run_id, rationale_json, verdict, reference_bin "
+                        "FROM transition_summary").fetchall()
     assert sorted(r[0] for r in rows) == sorted(run_ids.values())
-    assert {r["rationale"]["verdict"] for r in results} <= {
-        "transition", "weak", "no_instability", "constant", "too_few_bins"}
-    for _, text in rows:
-        assert json.loads(text)["method"] == "zscore_v1"
+    verdicts = {r["run_id"]: r["rationale"]["verdict"] for r in results}
+    assert verdicts[run_ids[("full", 1.0)]] == "baseline"
+    snap = next(r for r in rows if r["run_id"] == run_ids[("snapkv", 0.5)])
+    # snapkv's bin 1 (0.25) is below half the full cache's best (0.75): collapsed, untested
+    assert snap["reference_bin"] == 0 and snap["verdict"] == "no_tests"
+    for row in rows:
+        assert json.loads(row["rationale_json"])["method"] == "onesided_fisher_v2"
+
+
+def test_multiplicity_spans_settings(dbh, tmp_path):
+    """The same borderline bin in one setting is significant alone, not among four."""
+    ok = [dbh.Outcome(1.0, "a")] * 30
+    spike = [dbh.Outcome(0.0, "", failure="EMPTY")] * 6 + [dbh.Outcome(1.0, "a")] * 24
+    flat = {("full", 1.0): [ok] * 3}
+    one = {**flat, ("snapkv", 0.5): [ok, spike, ok]}
+    many = {**one, **{("snapkv", b): [ok] * 3 for b in (0.4, 0.3, 0.2)}}
+    verdicts = []
+    for name, runs in (("one", one), ("many", many)):
+        conn, ids = dbh.build_experiment(tmp_path / f"{name}.sqlite", runs=runs)
+        cfg = AnalysisConfig(n_bootstrap=100, multiplicity="holm")
+        compute_bin_stats(conn, "exp", cfg)
+        res = {r["run_id"]: r for r in write_transitions(conn, "exp", cfg)}
+        verdicts.append(res[ids[("snapkv", 0.5)]]["rationale"]["verdict"])
+    assert verdicts == ["transition", "weak"]

@@ -2,8 +2,10 @@
 
 Every compressed run is compared to the full-cache baseline on the *same* manifest entries
 (paired by entry_id). For 0/1 metrics the variance is tied to the mean (p(1-p)), so a std spike
-alone is not evidence of instability; flip rate and divergence against the full cache are the
-direct instability signals, and the paired delta is the honest cost of compression.
+alone is not evidence of instability; flip rate, changed-answer rate and divergence against the
+full cache are the direct instability signals, and the paired delta is the honest cost of
+compression. Intervals and paired tests come from ``intervals`` (Wilson, cluster BCa, exact
+McNemar); the method each used is stored beside it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kv_transition.analysis import queries
-from kv_transition.analysis.bootstrap import bootstrap_ci, paired_diff_ci
+from kv_transition.analysis.intervals import mean_interval, paired_difference
 from kv_transition.db.connect import transaction
 from kv_transition.settings import AnalysisConfig
 
@@ -26,8 +28,13 @@ CORRECT_AT = 0.5  # acc >= 0.5 counts as correct when deciding whether an answer
 BIN_STATS_COLUMNS = (
     "run_id", "bin_idx", "n", "acc_mean", "acc_ci_low", "acc_ci_high", "acc_std", "fail_rate",
     "lat_p50", "lat_p95", "mem_p95", "kv_bytes_mean", "acc_delta", "acc_delta_ci_low",
-    "acc_delta_ci_high", "flip_rate", "divergence",
+    "acc_delta_ci_high", "flip_rate", "divergence", "acc_ci_method", "fail_ci_low",
+    "fail_ci_high", "fail_ci_method", "acc_delta_ci_method", "acc_delta_p", "acc_delta_test",
+    "n_paired", "changed_rate", "n_clusters",
 )
+PAIRED_COLUMNS = ("acc_delta", "acc_delta_ci_low", "acc_delta_ci_high", "acc_delta_ci_method",
+                  "acc_delta_p", "acc_delta_test", "flip_rate", "divergence", "changed_rate",
+                  "n_paired")
 
 Row = dict[str, Any]
 
@@ -64,15 +71,23 @@ def _finite(x: float) -> float | None:
 def _own_stats(rows: list[Row], cfg: AnalysisConfig, seed: list[int]) -> Row:
     """Accuracy, spread, failures, latency and memory of one run in one bin."""
     acc = [_acc(r) for r in rows]
-    low, high = bootstrap_ci(acc, cfg.n_bootstrap, cfg.ci, seed)
+    clusters = [r.get("cluster", i) for i, r in enumerate(rows)]
+    acc_ci = mean_interval(acc, clusters, cfg.ci, cfg.n_bootstrap, seed)
+    fail_ci = mean_interval([float(r["failed"]) for r in rows], clusters, cfg.ci,
+                            cfg.n_bootstrap, seed)
     latencies = [r["latency_s"] for r in rows if r["latency_s"] is not None]
     peaks = [r["peak_mem_mb"] for r in rows if r["peak_mem_mb"] is not None]
     kv = [r["kv_bytes"] for r in rows if r["kv_bytes"] is not None]
     return {
         "n": len(rows),
         "acc_mean": float(np.mean(acc)),
-        "acc_ci_low": _finite(low),
-        "acc_ci_high": _finite(high),
+        "acc_ci_low": acc_ci.low,
+        "acc_ci_high": acc_ci.high,
+        "acc_ci_method": acc_ci.method,
+        "fail_ci_low": fail_ci.low,
+        "fail_ci_high": fail_ci.high,
+        "fail_ci_method": fail_ci.method,
+        "n_clusters": len(set(clusters)),
         # sample std (ddof=1): the bin is a sample of the task; undefined (NULL) for n = 1
         "acc_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else None,
         "fail_rate": float(np.mean([r["failed"] for r in rows])),
@@ -88,24 +103,33 @@ def _paired_stats(rows: list[Row], full: dict[int, Row], cfg: AnalysisConfig,
     """Delta, flip rate and divergence against the full cache on the entries both answered."""
     pairs = [(r, full[r["entry_id"]]) for r in rows if r["entry_id"] in full]
     if not pairs:
-        return dict.fromkeys(
-            ("acc_delta", "acc_delta_ci_low", "acc_delta_ci_high", "flip_rate", "divergence"))
+        return dict.fromkeys(PAIRED_COLUMNS)
     acc = np.array([_acc(r) for r, _ in pairs])
     acc_full = np.array([_acc(f) for _, f in pairs])
-    low, high = paired_diff_ci(acc, acc_full, cfg.n_bootstrap, cfg.ci, seed)
+    clusters = [r.get("cluster", i) for i, (r, _) in enumerate(pairs)]
+    test = paired_difference(acc, acc_full, clusters, cfg.ci, cfg.n_bootstrap, seed)
     flips = (acc >= CORRECT_AT) != (acc_full >= CORRECT_AT)
-    gaps = [1.0 - token_f1(r["pred_norm"] or "", f["pred_norm"] or "") for r, f in pairs]
+    preds = [(r["pred_norm"] or "", f["pred_norm"] or "") for r, f in pairs]
     return {
-        "acc_delta": float(np.mean(acc - acc_full)),
-        "acc_delta_ci_low": _finite(low),
-        "acc_delta_ci_high": _finite(high),
+        "acc_delta": test.delta,
+        "acc_delta_ci_low": _finite(test.low),
+        "acc_delta_ci_high": _finite(test.high),
+        "acc_delta_ci_method": test.ci_method,
+        "acc_delta_p": test.p,
+        "acc_delta_test": test.test,
         "flip_rate": float(np.mean(flips)),
-        "divergence": float(np.mean(gaps)),
+        "divergence": float(np.mean([1.0 - token_f1(a, b) for a, b in preds])),
+        # a failed request has no answer: it counts as changed (the full cache answered)
+        "changed_rate": float(np.mean([a != b or r["failed"] for (a, b), (r, _)
+                                       in zip(preds, pairs)])),
+        "n_paired": len(pairs),
     }
 
 
-_BASELINE_PAIRED = {"acc_delta": 0.0, "acc_delta_ci_low": 0.0, "acc_delta_ci_high": 0.0,
-                    "flip_rate": 0.0, "divergence": 0.0}
+def _baseline_paired(n: int) -> Row:
+    """The full cache against itself: no difference, nothing to test."""
+    return {**dict.fromkeys(PAIRED_COLUMNS, 0.0), "acc_delta_ci_method": None,
+            "acc_delta_p": None, "acc_delta_test": None, "n_paired": n}
 
 
 def _group_by_run_bin(rows: list[Row]) -> dict[int, dict[int, list[Row]]]:
@@ -124,7 +148,7 @@ def _run_stats(run: Row, bins: dict[int, list[Row]], baseline: Row | None,
         row = {"run_id": run["run_id"], "bin_idx": bin_idx}
         row.update(_own_stats(bins[bin_idx], cfg, seed))
         if baseline is not None and baseline["run_id"] == run["run_id"]:
-            row.update(_BASELINE_PAIRED)
+            row.update(_baseline_paired(row["n"]))
         elif baseline is not None:
             row.update(_paired_stats(bins[bin_idx], full_by_entry, cfg, seed + [1]))
         else:

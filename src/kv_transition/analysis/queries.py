@@ -55,12 +55,17 @@ def request_rows(conn: sqlite3.Connection, exp_group_id: str) -> list[dict[str, 
         """
         SELECT q.run_id, q.request_id, q.entry_id, m.bin_idx,
                s.acc, s.metric, s.pred_norm,
+               -- requests on one context are one cluster (an explicit meta_json "cluster" key
+               -- wins): their answers are correlated, so intervals must not count them twice
+               DENSE_RANK() OVER (ORDER BY COALESCE('k:' || json_extract(e.meta_json,
+                   '$.cluster'), 'c:' || e.context)) AS cluster,
                CASE WHEN f.request_id IS NULL THEN 0 ELSE 1 END AS failed, f.failure_type,
                t.latency_s, t.peak_mem_mb, t.kv_bytes, t.notes_json,
                p.text, p.finish_reason
         FROM requests q
         JOIN runs r ON r.run_id = q.run_id
         JOIN manifest_entries m ON m.entry_id = q.entry_id
+        JOIN examples e ON e.dataset_id = m.dataset_id AND e.example_id = m.example_id
         LEFT JOIN scores s ON s.request_id = q.request_id
         LEFT JOIN failures f ON f.request_id = q.request_id
         LEFT JOIN telemetry t ON t.request_id = q.request_id

@@ -19,7 +19,9 @@ CSV_COLUMNS = (
     "run_id", "dataset_id", "kv_policy", "kv_budget", "bin_idx", "token_min", "token_max", "n",
     "acc_mean", "acc_ci_low", "acc_ci_high", "acc_std", "acc_delta", "acc_delta_ci_low",
     "acc_delta_ci_high", "flip_rate", "divergence", "fail_rate", "lat_p50", "lat_p95",
-    "mem_p95", "kv_bytes_mean",
+    "mem_p95", "kv_bytes_mean", "acc_ci_method", "fail_ci_low", "fail_ci_high",
+    "fail_ci_method", "acc_delta_ci_method", "acc_delta_p", "acc_delta_test", "n_paired",
+    "changed_rate", "n_clusters",
 )
 
 
@@ -42,12 +44,15 @@ def write_bin_stats_csv(conn: sqlite3.Connection, exp_group_id: str, path: Path)
 
 
 def analyze(conn: sqlite3.Connection, exp_group_id: str, cfg: AnalysisConfig,
-            run_dir: Path) -> dict[str, Any]:
-    """Aggregate, detect transitions, draw plots; every output is regenerated from the DB."""
+            run_dir: Path, looks: int = 1) -> dict[str, Any]:
+    """Aggregate, detect transitions, draw plots; every output is regenerated from the DB.
+
+    ``looks``: how many analyses refine may make of this experiment; the detector spends
+    alpha / looks on each (transition.planned_looks)."""
     _require_scores(conn, exp_group_id)
     run_dir = Path(run_dir)
     stats = compute_bin_stats(conn, exp_group_id, cfg)
-    transitions = write_transitions(conn, exp_group_id, cfg)
+    transitions = write_transitions(conn, exp_group_id, cfg, looks)
     plots = write_plots(conn, exp_group_id, run_dir / "plots")
     table = write_bin_stats_csv(conn, exp_group_id, run_dir / "tables" / "bin_stats.csv")
     # the functional canary: SDS rows and plots/divergence.png when perplexity was measured

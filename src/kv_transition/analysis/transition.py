@@ -1,24 +1,28 @@
 """Find the instability transition zone: length bins where instability rises before accuracy
-collapses.
+collapses, with a stated test.
 
-Method ``zscore_v1`` (the blueprint's detector, kept as the baseline method):
+Method ``onesided_fisher_v2`` (issue 13; replaces ``zscore_v1``, whose z-score triggers and CI
+overlap check called a smooth decline a transition up to 61% of the time):
 
-* z-score each signal across the run's bins (population std over bins): the accuracy std,
-  the fail rate, the flip rate against the full cache, and the accuracy drop (baseline acc
-  minus acc in the same bin; first-bin acc minus acc when there is no baseline).
-* collapse floor = COLLAPSE_FRACTION x the best bin accuracy of the reference curve (the
-  full-cache baseline when given, else the run itself). A bin has collapsed when its accuracy
-  is at or below the floor; the collapse bin is the first such bin.
-* a bin is unstable when z_std, z_fail or z_flip exceeds the threshold while its accuracy is
-  still above the floor. The zone is the first contiguous run of unstable bins.
-* evidence check: z-scores are relative, so some bin always stands out. The zone is kept only
-  when it differs from a reference bin (the first bin outside the zone) significantly: an
-  accuracy CI that does not overlap, or a fail or flip rate higher by a one-sided Fisher exact
-  test at ALPHA. Otherwise the verdict is "weak" and no zone is reported.
+* collapse floor = COLLAPSE_FRACTION x the best bin accuracy of the full cache (the run itself
+  without one). A bin at or below it has collapsed: it is never tested, never the reference
+  and never part of the z-scores, so a collapse's flood of flips cannot drown a zone.
+* the reference bin is fixed before looking at instability: the shortest bin that has not
+  collapsed. "Rises" means relative to short contexts, so a zone starts after it.
+* every other non-collapsed bin is tested on every instability signal it has: failure rate,
+  flip rate against the full cache (correctness differs), changed-answer rate (normalized
+  answer differs from the full cache's). The test is one-sided (rate above the reference's)
+  Fisher exact on the bin's and the reference's counts: a drop in instability is never
+  evidence, and the signal tested is the signal that fires.
+* all tests of all settings of the experiment are one family: Benjamini-Hochberg (default) or
+  Holm adjusted p-values, compared with alpha / looks (looks: the analyses refine may make).
+* a bin is unstable when any of its signals is significant after adjustment; a zone is a run of
+  consecutive unstable bins. Every zone is reported; the first is the run's transition.
+* no zone, but some bin's smallest raw p below ``inconclusive_p``: verdict "weak", and those
+  bins are what `refine` grows.
 
-The accuracy drop's z-score is reported but does not trigger: a falling mean is collapse, not
-the instability that precedes it; for 0/1 metrics a std spike is partly just p(1-p), which is
-why flip rate and the evidence check exist.
+z-scores of each signal over the non-collapsed bins are kept in the rationale to describe the
+curve; they no longer decide anything.
 """
 
 from __future__ import annotations
@@ -27,56 +31,69 @@ import json
 import math
 import sqlite3
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.stats import fisher_exact
 
 from kv_transition.analysis import queries
+from kv_transition.analysis.multiplicity import adjust
 from kv_transition.db.connect import transaction
-from kv_transition.settings import AnalysisConfig
 
-METHOD = "zscore_v1"
+METHOD = "onesided_fisher_v2"
+TEST = "fisher_exact_one_sided"
 COLLAPSE_FRACTION = 0.5
 ALPHA = 0.05
-TRIGGERS = ("std", "fail", "flip")
+INCONCLUSIVE_P = 0.1
+# signal -> (rate column, denominator column) in bin_stats
+SIGNALS = {"fail": ("fail_rate", "n"), "flip": ("flip_rate", "n_paired"),
+           "changed": ("changed_rate", "n_paired")}
 
 Row = dict[str, Any]
+
+
+@dataclass
+class Policy:
+    """How verdicts are decided: level, multiplicity method, and the planned number of looks."""
+
+    alpha: float = ALPHA
+    multiplicity: str = "bh"
+    inconclusive_p: float = INCONCLUSIVE_P
+    looks: int = 1
+
+    @property
+    def level(self) -> float:
+        # Bonferroni over looks: refine may analyse up to `looks` times; each look spends
+        # alpha / looks, so the chance of any false zone over all looks stays below alpha
+        return self.alpha / self.looks
+
+
+def planned_looks(n_per_bin: int, max_n_per_bin: int | None) -> int:
+    """Analyses refine may make: the first, then one per doubling of n_per_bin up to the max
+    (refine never runs more rounds than this, so alpha / looks per look bounds the total)."""
+    looks, n = 1, n_per_bin
+    while max_n_per_bin is not None and n < max_n_per_bin:
+        n = min(2 * n, max_n_per_bin)
+        looks += 1
+    return looks
 
 
 def bin_span(start: int, end: int) -> str:
     return f"bin {start}" if start == end else f"bins {start}–{end}"
 
 
-def _series(stats: list[Row], key: str) -> np.ndarray:
-    return np.array([np.nan if s.get(key) is None else float(s[key]) for s in stats])
-
-
-def _is_constant(values: np.ndarray) -> bool:
-    finite = values[np.isfinite(values)]
-    return finite.size == 0 or bool(np.all(finite == finite[0]))
+def _json_num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
 def zscores(values: np.ndarray) -> np.ndarray:
     """z across bins; a constant series has no deviation (0), a missing value stays NaN."""
     z = np.full(values.shape, np.nan)
     finite = np.isfinite(values)
-    if finite.sum() < 2 or _is_constant(values):
-        z[finite] = 0.0
-        return z
-    spread = values[finite].std()
-    z[finite] = (values[finite] - values[finite].mean()) / spread
+    spread = values[finite].std() if finite.sum() >= 2 else 0.0
+    z[finite] = 0.0 if spread == 0 else (values[finite] - values[finite].mean()) / spread
     return z
-
-
-def _acc_drop(stats: list[Row], baseline_stats: list[Row] | None) -> np.ndarray:
-    acc = _series(stats, "acc_mean")
-    if baseline_stats:
-        ref = {s["bin_idx"]: s["acc_mean"] for s in baseline_stats}
-        full = np.array([np.nan if ref.get(s["bin_idx"]) is None else ref[s["bin_idx"]]
-                         for s in stats])
-        return full - acc
-    return acc[0] - acc
 
 
 def collapse_floor(stats: list[Row], baseline_stats: list[Row] | None) -> float:
@@ -85,155 +102,213 @@ def collapse_floor(stats: list[Row], baseline_stats: list[Row] | None) -> float:
     return COLLAPSE_FRACTION * best
 
 
-def _signals(stats: list[Row], baseline_stats: list[Row] | None) -> dict[str, np.ndarray]:
-    return {
-        "std": _series(stats, "acc_std"),
-        "fail": _series(stats, "fail_rate"),
-        "flip": _series(stats, "flip_rate"),
-        "acc_drop": _acc_drop(stats, baseline_stats),
-    }
-
-
-def _json_num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(float(x), 6)
-
-
-def _bin_table(stats: list[Row], z: dict[str, np.ndarray], floor: float,
-               threshold: float) -> list[Row]:
-    table = []
-    for i, s in enumerate(stats):
-        collapsed = s["acc_mean"] <= floor
-        triggers = [k for k in TRIGGERS if np.isfinite(z[k][i]) and z[k][i] > threshold]
-        table.append({
-            "bin_idx": s["bin_idx"], "n": s["n"], "acc_mean": _json_num(s["acc_mean"]),
-            **{f"z_{k}": _json_num(v[i]) for k, v in z.items()},
-            "collapsed": bool(collapsed), "triggers": triggers,
-            "unstable": bool(triggers) and not collapsed,
-        })
-    return table
-
-
-def _first_zone(table: list[Row]) -> tuple[int, int] | None:
-    """Positions (not bin_idx) of the first contiguous run of unstable bins."""
-    start = next((i for i, b in enumerate(table) if b["unstable"]), None)
-    if start is None:
+def _count(stat: Row, signal: str) -> tuple[int, int] | None:
+    rate_key, n_key = SIGNALS[signal]
+    rate, n = stat.get(rate_key), stat.get(n_key)
+    if rate is None or not n:
         return None
-    end = start
-    while end + 1 < len(table) and table[end + 1]["unstable"]:
-        end += 1
-    return start, end
+    return int(round(rate * n)), int(n)
 
 
-def _count(stat: Row, key: str) -> tuple[int, int] | None:
-    if stat.get(key) is None or not stat.get("n"):
+def _fisher_greater(bin_: Row, ref: Row, signal: str) -> Row | None:
+    """One-sided Fisher exact: is the bin's rate of ``signal`` above the reference's?"""
+    counts, ref_counts = _count(bin_, signal), _count(ref, signal)
+    if counts is None or ref_counts is None:
         return None
-    return int(round(stat[key] * stat["n"])), int(stat["n"])
+    (k, n), (k0, n0) = counts, ref_counts
+    p = float(fisher_exact([[k, n - k], [k0, n0 - k0]], alternative="greater")[1])
+    return {"bin_idx": bin_["bin_idx"], "signal": signal, "count": k, "n": n,
+            "ref_count": k0, "ref_n": n0, "statistic": _json_num(k / n - k0 / n0), "p": p}
 
 
-def _higher_p(zone: list[Row], ref: Row, key: str) -> float | None:
-    """One-sided Fisher exact p that the zone's pooled rate exceeds the reference bin's."""
-    counts = [_count(s, key) for s in zone]
-    ref_count = _count(ref, key)
-    if ref_count is None or any(c is None for c in counts):
-        return None
-    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
-    table = [[k, n - k], [ref_count[0], ref_count[1] - ref_count[0]]]
-    return float(fisher_exact(table, alternative="greater")[1])
+def _bin_table(stats: list[Row], collapsed: list[bool]) -> list[Row]:
+    """Descriptive per-bin rows; z-scores use the non-collapsed bins only."""
+    live = [i for i, c in enumerate(collapsed) if not c]
+    z: dict[str, dict[int, float | None]] = {}
+    for signal, (key, _) in SIGNALS.items():
+        values = np.array([np.nan if stats[i].get(key) is None else stats[i][key] for i in live])
+        z[signal] = dict(zip(live, (_json_num(v) for v in zscores(values))))
+    return [{"bin_idx": s["bin_idx"], "n": s["n"], "acc_mean": _json_num(s["acc_mean"]),
+             "collapsed": collapsed[i], **{f"z_{k}": z[k].get(i) for k in SIGNALS}}
+            for i, s in enumerate(stats)]
 
 
-def _ci_separated(a: Row, b: Row) -> bool:
-    keys = ("acc_ci_low", "acc_ci_high")
-    if any(r.get(k) is None for r in (a, b) for k in keys):
-        return False
-    return a["acc_ci_high"] < b["acc_ci_low"] or a["acc_ci_low"] > b["acc_ci_high"]
-
-
-def _evidence(stats: list[Row], start: int, end: int, alpha: float) -> Row:
-    zone = stats[start:end + 1]
-    ref = next((s for i, s in enumerate(stats) if not start <= i <= end), None)
-    if ref is None:
-        # different signals can fire in every bin at a low threshold: nothing stable to compare
-        return {"evidence": "weak", "reference_bin": None, "alpha": alpha}
-    p_fail, p_flip = _higher_p(zone, ref, "fail_rate"), _higher_p(zone, ref, "flip_rate")
-    acc_sep = any(_ci_separated(s, ref) for s in zone)
-    strong = acc_sep or any(p is not None and p < alpha for p in (p_fail, p_flip))
-    return {"evidence": "strong" if strong else "weak", "reference_bin": ref["bin_idx"],
-            "acc_ci_separated": acc_sep, "p_fail_higher": _json_num(p_fail),
-            "p_flip_higher": _json_num(p_flip), "alpha": alpha}
-
-
-def _weak_why(span: str, reference_bin: int | None, alpha: float) -> str:
-    if reference_bin is None:
-        return f"{span} all stand out by z-score: no stable bin is left to compare against"
-    return (f"{span} stands out by z-score, but its accuracy CI overlaps bin {reference_bin}'s "
-            f"and its fail/flip rates are not significantly higher (one-sided Fisher exact "
-            f"test, alpha {alpha:g})")
-
-
-def detect_transition(
-    stats_for_run: list[Row], baseline_stats: list[Row] | None, z_threshold: float,
-    alpha: float = ALPHA,
-) -> tuple[int | None, int | None, Row]:
-    """(start_bin, end_bin, rationale) for one run; both bins None when there is no zone."""
+def plan_tests(stats_for_run: list[Row], baseline_stats: list[Row] | None) -> Row:
+    """Everything decided before any p-value is seen: floor, reference, the tests."""
     stats = sorted(stats_for_run, key=lambda s: s["bin_idx"])
-    rationale: Row = {"method": METHOD, "threshold": z_threshold,
-                      "collapse_fraction": COLLAPSE_FRACTION,
-                      "acc_drop_vs": "baseline" if baseline_stats else "first_bin"}
-    if not stats:
-        return None, None, {**rationale, "verdict": "no_data", "why": "no bin statistics"}
     floor = collapse_floor(stats, baseline_stats)
-    signals = _signals(stats, baseline_stats)
-    z = {k: zscores(v) for k, v in signals.items()}
-    table = _bin_table(stats, z, floor, z_threshold)
-    collapse_bin = next((b["bin_idx"] for b in table if b["collapsed"]), None)
-    rationale.update(collapse_floor=_json_num(floor), collapse_bin=collapse_bin, bins=table)
-    if len(stats) < 2:
-        return None, None, {**rationale, "verdict": "too_few_bins",
-                            "why": "one length bin: nothing to compare across length"}
-    if all(_is_constant(v) for v in signals.values()):
-        return None, None, {**rationale, "verdict": "constant",
-                            "why": "every signal is equal in all bins; z-scores are undefined"}
-    zone = _first_zone(table)
-    if zone is None:
-        return None, None, {**rationale, "verdict": "no_instability",
-                            "why": f"no bin above the collapse floor has z > {z_threshold:g}"}
-    evidence = _evidence(stats, *zone, alpha)
-    rationale.update(evidence)
-    start_bin, end_bin = stats[zone[0]]["bin_idx"], stats[zone[1]]["bin_idx"]
-    if evidence["evidence"] == "weak":
-        why = _weak_why(bin_span(start_bin, end_bin), evidence["reference_bin"], alpha)
-        return None, None, {**rationale, "verdict": "weak", "candidate": [start_bin, end_bin],
-                            "why": why}
-    fired = sorted({t for b in table[zone[0]:zone[1] + 1] for t in b["triggers"]})
-    why = (f"z of {', '.join(fired)} above {z_threshold:g} while accuracy is still above the "
-           f"collapse floor ({floor:.2f})")
-    return start_bin, end_bin, {**rationale, "verdict": "transition", "why": why}
+    collapsed = [s["acc_mean"] is None or s["acc_mean"] <= floor for s in stats]
+    ref = next((s for s, c in zip(stats, collapsed) if not c), None)
+    tests = []
+    for s, c in zip(stats, collapsed):
+        if c or ref is None or s is ref:
+            continue
+        tests += [t for sig in SIGNALS if (t := _fisher_greater(s, ref, sig)) is not None]
+    return {"stats": stats, "floor": floor, "collapsed": collapsed, "tests": tests,
+            "reference_bin": None if ref is None else ref["bin_idx"],
+            "collapse_bin": next((s["bin_idx"] for s, c in zip(stats, collapsed) if c), None)}
 
 
-def write_transitions(conn: sqlite3.Connection, exp_group_id: str,
-                      cfg: AnalysisConfig) -> list[Row]:
-    """Detect the zone of every run from stored bin_stats; rerunning replaces, never adds."""
-    runs = queries.runs_of_group(conn, exp_group_id)
+def _zones(plan: Row, level: float) -> list[Row]:
+    """Runs of consecutive bins with a significant signal (adjusted p below the level)."""
+    hits: dict[int, list[Row]] = defaultdict(list)
+    for t in plan["tests"]:
+        if t["p_adjusted"] < level:
+            hits[t["bin_idx"]].append(t)
+    zones, current = [], None
+    for s in plan["stats"]:
+        if s["bin_idx"] in hits:
+            current = current or {"bins": [], "tests": []}
+            current["bins"].append(s["bin_idx"])
+            current["tests"] += hits[s["bin_idx"]]
+        elif current:
+            zones.append(current)
+            current = None
+    if current:
+        zones.append(current)
+    return [_zone_summary(z, plan["reference_bin"]) for z in zones]
+
+
+def _zone_summary(zone: Row, reference_bin: int) -> Row:
+    best = min(zone["tests"], key=lambda t: (t["p_adjusted"], t["p"]))
+    return {"start": zone["bins"][0], "end": zone["bins"][-1], "test": TEST,
+            "signals": sorted({t["signal"] for t in zone["tests"]}),
+            "signal": best["signal"], "statistic": best["statistic"], "p_value": best["p"],
+            "p_adjusted": best["p_adjusted"], "reference_bin": reference_bin,
+            "tests": [_rounded(t) for t in zone["tests"]]}
+
+
+def _rounded(test: Row) -> Row:
+    return {k: _json_num(v) if isinstance(v, float) else v for k, v in test.items()}
+
+
+def inconclusive_bins(plan: Row, policy: Policy) -> list[int]:
+    """Bins with suggestive evidence (smallest raw p below inconclusive_p) but no significant
+    signal: the bins more examples could decide."""
+    significant = {t["bin_idx"] for t in plan["tests"] if t["p_adjusted"] < policy.level}
+    return sorted({t["bin_idx"] for t in plan["tests"]
+                   if t["p"] < policy.inconclusive_p and t["bin_idx"] not in significant})
+
+
+def _no_zone(plan: Row, policy: Policy) -> tuple[str, str]:
+    if len(plan["stats"]) < 2:
+        return "too_few_bins", "one length bin: nothing to compare across length"
+    if plan["reference_bin"] is None:
+        return "no_reference", "every bin has collapsed: no stable bin to compare against"
+    if not plan["tests"]:
+        return "no_tests", "no instability signal was measured outside the reference bin"
+    weak = inconclusive_bins(plan, policy)
+    if weak:
+        return "weak", (f"bin(s) {', '.join(map(str, weak))} suggest more instability than "
+                        f"bin {plan['reference_bin']} (raw p < "
+                        f"{policy.inconclusive_p:g}), but nothing is significant after "
+                        f"{policy.multiplicity.upper()} at {policy.level:.3g}")
+    return "no_instability", (f"no signal is above bin {plan['reference_bin']}'s "
+                              f"(every raw p >= {policy.inconclusive_p:g})")
+
+
+def decide(plan: Row, policy: Policy) -> tuple[int | None, int | None, Row]:
+    """(start_bin, end_bin, rationale) once the plan's tests carry p_adjusted."""
+    rationale: Row = {
+        "method": METHOD, "test": TEST, "alpha": policy.alpha, "looks": policy.looks,
+        "level": _json_num(policy.level), "multiplicity": policy.multiplicity,
+        "collapse_fraction": COLLAPSE_FRACTION, "collapse_floor": _json_num(plan["floor"]),
+        "collapse_bin": plan["collapse_bin"], "reference_bin": plan["reference_bin"],
+        "bins": _bin_table(plan["stats"], plan["collapsed"]),
+        "tests": [_rounded(t) for t in plan["tests"]],
+        "inconclusive_bins": inconclusive_bins(plan, policy) if plan["tests"] else [],
+    }
+    if not plan["stats"]:
+        return None, None, {**rationale, "verdict": "no_data", "why": "no bin statistics"}
+    zones = _zones(plan, policy.level)
+    if not zones:
+        verdict, why = _no_zone(plan, policy)
+        return None, None, {**rationale, "verdict": verdict, "why": why, "zones": []}
+    first = zones[0]
+    why = (f"{', '.join(first['signals'])} above bin {first['reference_bin']}'s (one-sided "
+           f"Fisher exact, {policy.multiplicity.upper()}-adjusted p = "
+           f"{first['p_adjusted']:.2g} < {policy.level:.3g}) while accuracy is above the "
+           f"collapse floor ({plan['floor']:.2f})")
+    return first["start"], first["end"], {**rationale, "verdict": "transition", "why": why,
+                                          "zones": zones, **{k: first[k] for k in (
+                                              "signal", "statistic", "p_value", "p_adjusted")}}
+
+
+def adjust_family(plans: list[Row], method: str) -> None:
+    """Adjust every test of every plan as one family (in place)."""
+    tests = [t for plan in plans for t in plan["tests"]]
+    for t, p in zip(tests, adjust([t["p"] for t in tests], method)):
+        t["p_adjusted"] = p
+
+
+def detect_transition(stats_for_run: list[Row], baseline_stats: list[Row] | None,
+                      policy: Policy | None = None) -> tuple[int | None, int | None, Row]:
+    """One run on its own: its tests are the whole family."""
+    policy = policy or Policy()
+    plan = plan_tests(stats_for_run, baseline_stats)
+    adjust_family([plan], policy.multiplicity)
+    return decide(plan, policy)
+
+
+def _baseline_rationale() -> Row:
+    return {"method": METHOD, "verdict": "baseline", "zones": [], "tests": [],
+            "why": "the full cache is the reference every compressed run is compared with"}
+
+
+def detect_group(by_run: dict[int, list[Row]], runs: list[Row],
+                 policy: Policy) -> list[Row]:
+    """Verdicts for every run; the tests of all compressed runs form one family."""
     baselines = queries.baseline_by_dataset(runs)
+    plans = {}
+    for run in runs:
+        base = baselines.get(run["dataset_id"])
+        if base is not None and base["run_id"] == run["run_id"]:
+            continue
+        base_stats = by_run.get(base["run_id"]) if base else None
+        plans[run["run_id"]] = plan_tests(by_run.get(run["run_id"], []), base_stats)
+    adjust_family(list(plans.values()), policy.multiplicity)
+    results = []
+    for run in runs:
+        if run["run_id"] not in plans:
+            results.append({"run_id": run["run_id"], "transition_bin_start": None,
+                            "transition_bin_end": None, "rationale": _baseline_rationale()})
+            continue
+        start, end, rationale = decide(plans[run["run_id"]], policy)
+        results.append({"run_id": run["run_id"], "transition_bin_start": start,
+                        "transition_bin_end": end, "rationale": rationale})
+    return results
+
+
+SUMMARY_COLUMNS = ("run_id", "transition_bin_start", "transition_bin_end", "rationale_json",
+                   "verdict", "test", "statistic", "p_value", "p_adjusted", "reference_bin")
+
+
+def _summary_row(result: Row) -> tuple:
+    r = result["rationale"]
+    return (result["run_id"], result["transition_bin_start"], result["transition_bin_end"],
+            json.dumps(r, allow_nan=False), r["verdict"], r.get("test"), r.get("statistic"),
+            r.get("p_value"), r.get("p_adjusted"), r.get("reference_bin"))
+
+
+def write_transitions(conn: sqlite3.Connection, exp_group_id: str, cfg,
+                      looks: int = 1) -> list[Row]:
+    """Detect the zones of every run from stored bin_stats; rerunning replaces, never adds."""
+    runs = queries.runs_of_group(conn, exp_group_id)
     by_run: dict[int, list[Row]] = defaultdict(list)
     for row in queries.bin_stats_rows(conn, exp_group_id):
         by_run[row["run_id"]].append(row)
-    results = []
-    for run in runs:
-        base = baselines.get(run["dataset_id"])
-        base_stats = None if base is None or base["run_id"] == run["run_id"] \
-            else by_run.get(base["run_id"])
-        start, end, rationale = detect_transition(by_run.get(run["run_id"], []), base_stats,
-                                                  cfg.z_threshold)
-        results.append({"run_id": run["run_id"], "transition_bin_start": start,
-                        "transition_bin_end": end, "rationale": rationale})
+    results = detect_group(by_run, runs, policy_from(cfg, looks))
+    marks = ",".join("?" * len(SUMMARY_COLUMNS))
     with transaction(conn):
         conn.executemany("DELETE FROM transition_summary WHERE run_id = ?",
                          [(r["run_id"],) for r in runs])
-        conn.executemany(
-            "INSERT INTO transition_summary (run_id, transition_bin_start, transition_bin_end, "
-            "rationale_json) VALUES (?, ?, ?, ?)",
-            [(r["run_id"], r["transition_bin_start"], r["transition_bin_end"],
-              json.dumps(r["rationale"], allow_nan=False)) for r in results],
-        )
+        conn.executemany(f"INSERT INTO transition_summary ({','.join(SUMMARY_COLUMNS)}) "
+                         f"VALUES ({marks})", [_summary_row(r) for r in results])
     return results
+
+
+def policy_from(cfg, looks: int = 1) -> Policy:
+    """The detector's policy from an AnalysisConfig (fields missing on old configs default)."""
+    return Policy(alpha=getattr(cfg, "alpha", ALPHA),
+                  multiplicity=getattr(cfg, "multiplicity", "bh"),
+                  inconclusive_p=getattr(cfg, "inconclusive_p", INCONCLUSIVE_P), looks=looks)

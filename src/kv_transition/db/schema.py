@@ -280,6 +280,38 @@ CREATE TABLE sds (
 );
 """
 
+# Issue 13: the method beside every interval, the paired test against the full cache, the
+# counts the transition test needs, the verdict's test and p-value, and refine's rounds (each
+# round's new examples are recorded in the same transaction that adds them, so a killed
+# `refine` resumes and the number of looks stays known).
+SCHEMA_V5_STATISTICS = """
+ALTER TABLE bin_stats ADD COLUMN acc_ci_method TEXT;
+ALTER TABLE bin_stats ADD COLUMN fail_ci_low REAL;
+ALTER TABLE bin_stats ADD COLUMN fail_ci_high REAL;
+ALTER TABLE bin_stats ADD COLUMN fail_ci_method TEXT;
+ALTER TABLE bin_stats ADD COLUMN acc_delta_ci_method TEXT;
+ALTER TABLE bin_stats ADD COLUMN acc_delta_p REAL;
+ALTER TABLE bin_stats ADD COLUMN acc_delta_test TEXT;
+ALTER TABLE bin_stats ADD COLUMN n_paired INTEGER;
+ALTER TABLE bin_stats ADD COLUMN changed_rate REAL;
+ALTER TABLE bin_stats ADD COLUMN n_clusters INTEGER;
+ALTER TABLE transition_summary ADD COLUMN verdict TEXT;
+ALTER TABLE transition_summary ADD COLUMN test TEXT;
+ALTER TABLE transition_summary ADD COLUMN statistic REAL;
+ALTER TABLE transition_summary ADD COLUMN p_value REAL;
+ALTER TABLE transition_summary ADD COLUMN p_adjusted REAL;
+ALTER TABLE transition_summary ADD COLUMN reference_bin INTEGER;
+CREATE TABLE refine_rounds (
+    dataset_id  TEXT NOT NULL REFERENCES datasets(dataset_id),
+    round       INTEGER NOT NULL,
+    bin_idx     INTEGER NOT NULL,
+    n_before    INTEGER NOT NULL,
+    n_after     INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, round, bin_idx)
+);
+"""
+
 # (version, name, SQL). Append only.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema", SCHEMA_V1),
@@ -310,6 +342,7 @@ CREATE TABLE quant_validation (
 """),
     (3, "novelty probes", SCHEMA_V3_NOVELTY),
     (4, "functional canary", SCHEMA_V4_CANARY),
+    (5, "calibrated statistics", SCHEMA_V5_STATISTICS),
 ]
 
 TABLES = (
