@@ -123,7 +123,8 @@ def run(exp: Experiment, show_progress: bool = True) -> int:
 
         perplexity.check_source(exp.settings, paths.models_dir(exp.root))  # before any row
     done = run_grid(conn, exp.settings, ds_id, factory, show_progress,
-                    on_start=lambda: record_experiment(conn, exp))
+                    on_start=lambda: record_experiment(conn, exp),
+                    models_root=paths.models_dir(exp.root))
     if exp.settings.canary.perplexity is not None:
         perplexity.run_perplexity(conn, exp.settings, ds_id, paths.models_dir(exp.root))
     return done

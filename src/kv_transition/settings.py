@@ -355,6 +355,53 @@ class CanaryConfig(_Strict):
         "engine only) and the Silent Degradation Score during `analyze`.")
 
 
+class RayConfig(_Strict):
+    """`run.executor: ray` (run/ray_executor.py): shards of the grid on Ray actors."""
+
+    address: str | None = Field(
+        None, description="Ray cluster to join ('auto', 'ray://head:10001', 'head:6379'); "
+        "unset: start a local Ray instance on this machine for the run.")
+    num_actors: int | None = Field(
+        None, ge=1, description="Actors, each holding one model. Unset: the cluster's GPUs / "
+        "num_gpus, or its CPUs / num_cpus when num_gpus is 0.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 = one model per GPU).")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per actor.")
+    shard_size: int = Field(
+        4, ge=1, description="Examples per shard; a shard is these examples under one "
+        "shared-prefill group of settings (or one setting), the unit an actor answers and a "
+        "failed actor's replacement redoes.")
+    max_shard_attempts: int = Field(
+        3, ge=1, le=20, description="Tries of one shard (a dead actor counts as a try); after "
+        "the last, its unanswered requests are recorded as failed and the run goes on.")
+    base_urls: list[str] = Field(
+        default_factory=list, description="openai engine: data-parallel servers; actor i "
+        "sends every request to base_urls[i % len] (each server serves every setting).")
+
+
+class RunConfig(_Strict):
+    """How `run` spreads the grid: one or several local workers, or Ray actors."""
+
+    executor: Literal["local", "ray"] = Field(
+        "local", description="'local': this process answers, cooperating with any other "
+        "`run` process on the experiment through leases. 'ray': Ray actors answer, this process "
+        "is the only database writer (needs `pip install 'kv-transition[ray]'`).")
+    lease_s: float = Field(
+        300.0, gt=0, description="Seconds a worker's claim on an example's requests lasts "
+        "without renewal; a live worker renews every lease_s/3, so only a dead worker's claims "
+        "expire (a dead worker on this host is noticed at once).")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("executor")
+    @classmethod
+    def _ray_installed(cls, v: str) -> str:
+        import importlib.util
+
+        if v == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("'ray' needs Ray installed: pip install 'kv-transition[ray]' "
+                             "(or use 'local')")
+        return v
+
+
 class Settings(_Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     binning: BinningConfig = Field(default_factory=BinningConfig)
@@ -368,11 +415,15 @@ class Settings(_Strict):
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
     def _engine_needs(self) -> "Settings":
-        if self.engine.kind == "openai" and not (self.engine.base_url or self.engine.base_urls):
+        if self.engine.kind == "openai" and not (self.engine.base_url or self.engine.base_urls
+                                                 or self.run.ray.base_urls):
             raise ValueError("engine.kind 'openai' needs engine.base_url or engine.base_urls")
+        if self.run.ray.base_urls and (self.engine.kind != "openai" or self.run.executor != "ray"):
+            raise ValueError("run.ray.base_urls needs engine.kind 'openai' and run.executor 'ray'")
         if self.canary.perplexity is not None and self.engine.kind != "hf":
             raise ValueError("canary.perplexity needs engine.kind 'hf': perplexity reads the "
                              "logits of a compressed cache, which an HTTP server does not return")

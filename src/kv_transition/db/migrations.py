@@ -25,9 +25,18 @@ def migrate(conn: sqlite3.Connection, upto: int | None = None) -> list[int]:
             continue
         now = datetime.now(timezone.utc).isoformat()
         # executescript commits implicitly; wrap the DDL and the record in one script
-        conn.executescript(
-            "BEGIN;\n" + sql + "\nINSERT INTO migrations(version, name, applied_at) "
-            f"VALUES ({version}, '{name}', '{now}');\nCOMMIT;"
-        )
+        try:
+            conn.executescript(
+                "BEGIN;\n" + sql + "\nINSERT INTO migrations(version, name, applied_at) "
+                f"VALUES ({version}, '{name}', '{now}');\nCOMMIT;"
+            )
+        except sqlite3.DatabaseError:
+            # several `run` workers may open an old database at once: the loser of the race
+            # finds the migration recorded by the winner and goes on
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if version in applied_versions(conn):
+                continue
+            raise
         applied.append(version)
     return applied

@@ -343,6 +343,17 @@ CREATE TABLE quant_validation (
     (3, "novelty probes", SCHEMA_V3_NOVELTY),
     (4, "functional canary", SCHEMA_V4_CANARY),
     (5, "calibrated statistics", SCHEMA_V5_STATISTICS),
+    (6, "request leases", """
+-- Several `run` workers on one experiment (issue 15, run/leases.py): a worker claims a pending
+-- request by holding its lease until it records the answer; a lease past expires_at (unix
+-- seconds) is free again, so a killed worker's claims return to the pool.
+CREATE TABLE leases (
+    request_id  INTEGER PRIMARY KEY REFERENCES requests(request_id),
+    worker      TEXT NOT NULL,
+    expires_at  REAL NOT NULL
+);
+CREATE INDEX leases_by_worker ON leases(worker);
+"""),
 ]
 
 TABLES = (

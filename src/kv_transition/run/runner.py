@@ -1,18 +1,46 @@
-"""Run one setting (policy × budget): answer every manifest entry not yet answered."""
+"""Answer claimed requests: build the engine's work from rows, compute it, record it.
+
+Computing is kept apart from recording so the same code answers in this process (the local
+executor) and on a Ray actor, whose answers the driver records (run/ray_executor.py).
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Iterator
 
 from kv_transition.data import prompt as prompt_tpl
 from kv_transition.db.connect import transaction
-from kv_transition.engines.base import EngineError, GenerationRequest
+from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
 from kv_transition.run.retries import call_with_retries
-from kv_transition.run.telemetry import record_error, record_result
-from kv_transition.settings import Settings
+from kv_transition.run.telemetry import failure_result, record_result
+from kv_transition.settings import RequestConfig, Settings
+
+Setting = tuple[str, float]  # (policy, budget)
+
+
+@dataclass
+class EntryTask:
+    """One manifest entry's pending requests under one group of settings.
+
+    ``shared``: one prefill of the context answers every setting in ``rows``
+    (engines/shared_prefill.py); otherwise ``rows`` holds one request of one setting.
+    """
+
+    entry_id: int
+    request: GenerationRequest
+    rows: list[tuple[int, Setting]]  # (request_id, setting)
+    shared: bool
+
+
+@dataclass
+class Answer:
+    request_id: int
+    result: GenerationResult
+    attempts: int
 
 
 def ensure_requests(conn: sqlite3.Connection, run_id: int, ds_id: str, settings: Settings) -> None:
@@ -36,100 +64,86 @@ def ensure_requests(conn: sqlite3.Connection, run_id: int, ds_id: str, settings:
                  settings.decoding.max_tokens, settings.decoding.temperature))
 
 
-def pending_requests(conn: sqlite3.Connection, run_id: int) -> list[sqlite3.Row]:
+def request_rows(conn: sqlite3.Connection, request_ids: list[int]) -> list[sqlite3.Row]:
+    """What an engine needs to answer these requests, in request order."""
+    marks = ",".join("?" * len(request_ids))
     return conn.execute(
         "SELECT r.request_id, r.run_id, r.entry_id, r.max_tokens, r.temperature, e.context, "
         "e.question, e.meta_json "
         "FROM requests r JOIN manifest_entries m ON m.entry_id = r.entry_id "
         "JOIN examples e ON e.dataset_id = m.dataset_id AND e.example_id = m.example_id "
-        "LEFT JOIN responses s ON s.request_id = r.request_id "
-        "WHERE r.run_id=? AND s.request_id IS NULL ORDER BY r.request_id", (run_id,)).fetchall()
+        f"WHERE r.request_id IN ({marks}) ORDER BY r.request_id", request_ids).fetchall()
 
 
-def _request_for(row: sqlite3.Row, settings: Settings, policy: str, budget: float,
-                 seed_offset: int) -> GenerationRequest:
+def _request_for(row: sqlite3.Row, settings: Settings, policy: str, budget: float) -> GenerationRequest:
     meta = json.loads(row["meta_json"])
+    # the seed depends on the entry only: every setting of an entry, and every worker, uses it
     return GenerationRequest(
         context=row["context"], question=row["question"], max_tokens=row["max_tokens"],
         temperature=row["temperature"], policy=policy, budget=budget,
         query_aware=settings.kv.query_aware, answer_prefix=meta.get("answer_prefix", ""),
-        seed=settings.decoding.seed + seed_offset)
+        seed=settings.decoding.seed + row["entry_id"])
 
 
-def pending_by_entry(conn: sqlite3.Connection, run_ids: list[int]) -> dict[int, list[sqlite3.Row]]:
-    """Unanswered requests of several runs, grouped by manifest entry."""
-    grouped: dict[int, list[sqlite3.Row]] = {}
-    for run_id in run_ids:
-        for row in pending_requests(conn, run_id):
-            grouped.setdefault(row["entry_id"], []).append(row)
-    return grouped
+def entry_tasks(conn: sqlite3.Connection, claims: list[list[int]], setting_of: dict[int, Setting],
+                settings: Settings, shared: bool) -> list[EntryTask]:
+    """Tasks for claimed entries (request ids per entry); ``setting_of`` maps run_id -> setting."""
+    tasks = []
+    for ids in claims:
+        rows = request_rows(conn, ids)
+        if shared:
+            request = _request_for(rows[0], settings, "full", 1.0)
+            tasks.append(EntryTask(rows[0]["entry_id"], request,
+                                   [(r["request_id"], setting_of[r["run_id"]]) for r in rows], True))
+            continue
+        for row in rows:
+            setting = setting_of[row["run_id"]]
+            tasks.append(EntryTask(row["entry_id"], _request_for(row, settings, *setting),
+                                   [(row["request_id"], setting)], False))
+    return tasks
 
 
-def run_shared(conn: sqlite3.Connection, engine, runs: dict[tuple[str, float], int],
-               settings: Settings, on_done: Callable[[], None] = lambda: None) -> int:
-    """Answer every pending (setting, entry) with one prefill per entry (engines/shared_prefill.py)."""
-    from kv_transition.engines.shared_prefill import generate_settings
+def compute(engine, task: EntryTask, retry: RequestConfig) -> list[Answer]:
+    """Answer one task; an engine failure after its retries becomes a failed answer."""
+    start = time.perf_counter()
+    try:
+        if task.shared:
+            from kv_transition.engines.shared_prefill import generate_settings
 
-    setting_of = {run_id: setting for setting, run_id in runs.items()}
-    done = 0
-    req_cfg = settings.engine.request
-    for rows in pending_by_entry(conn, list(runs.values())).values():
-        group = [setting_of[row["run_id"]] for row in rows]
-        # the same seed for every setting of an entry, as separate runs of it would use
-        request = _request_for(rows[0], settings, "full", 1.0, rows[0]["entry_id"])
-        start = time.perf_counter()
-        try:
+            group = [setting for _, setting in task.rows]
             results, attempts = call_with_retries(
-                lambda: generate_settings(engine, request, group),
-                max_retries=req_cfg.max_retries, backoff_s=req_cfg.backoff_s)
-            for row, setting in zip(rows, group):
-                record_result(conn, row["request_id"], results[setting], attempts)
-        except EngineError as exc:
-            for row in rows:
-                record_error(conn, row["request_id"], exc, getattr(exc, "attempts", 1),
-                             time.perf_counter() - start)
-        done += len(rows)
-        for _ in rows:
-            on_done()
-    return done
+                lambda: generate_settings(engine, task.request, group),
+                max_retries=retry.max_retries, backoff_s=retry.backoff_s)
+            return [Answer(rid, results[setting], attempts) for rid, setting in task.rows]
+        result, attempts = call_with_retries(
+            lambda: engine.generate(task.request), max_retries=retry.max_retries,
+            backoff_s=retry.backoff_s)
+        return [Answer(task.rows[0][0], result, attempts)]
+    except EngineError as exc:
+        attempts = getattr(exc, "attempts", 1)
+        failed = failure_result(exc, attempts, time.perf_counter() - start)
+        return [Answer(rid, failed, attempts) for rid, _ in task.rows]
 
 
-def run_setting(conn: sqlite3.Connection, engine, run_id: int, policy: str, budget: float,
-                settings: Settings, on_done: Callable[[], None] = lambda: None) -> int:
-    """Answer the run's pending requests; each answer is committed as soon as it arrives."""
-    if hasattr(engine, "generate_many"):  # a concurrent engine (openai): answers in any order
-        return _run_concurrent(conn, engine, run_id, policy, budget, settings, on_done)
-    done = 0
-    req_cfg = settings.engine.request
-    for row in pending_requests(conn, run_id):
-        request = _request_for(row, settings, policy, budget, row["entry_id"])
-        start = time.perf_counter()
-        try:
-            result, attempts = call_with_retries(
-                lambda: engine.generate(request), max_retries=req_cfg.max_retries,
-                backoff_s=req_cfg.backoff_s)
-            record_result(conn, row["request_id"], result, attempts)
-        except EngineError as exc:
-            record_error(conn, row["request_id"], exc, getattr(exc, "attempts", 1),
-                         time.perf_counter() - start)
-        done += 1
-        on_done()
-    return done
+def compute_many(engine, tasks: list[EntryTask]) -> Iterator[list[Answer]]:
+    """A concurrent engine (openai, ``generate_many``) answers single-setting tasks in any
+    order; each outcome is yielded as it completes so it can be committed at once."""
+    for outcome in engine.generate_many([t.request for t in tasks]):
+        rid = tasks[outcome.index].rows[0][0]
+        result = outcome.result if outcome.error is None else failure_result(
+            outcome.error, outcome.attempts, outcome.seconds)
+        yield [Answer(rid, result, outcome.attempts)]
 
 
-def _run_concurrent(conn: sqlite3.Connection, engine, run_id: int, policy: str, budget: float,
-                    settings: Settings, on_done: Callable[[], None]) -> int:
-    """Each request goes to the engine once (it retries inside); each outcome is committed as
-    it completes, so killing the run loses nothing answered and a rerun sends only the rest."""
-    rows = pending_requests(conn, run_id)
-    requests = [_request_for(row, settings, policy, budget, row["entry_id"]) for row in rows]
-    done = 0
-    for outcome in engine.generate_many(requests):
-        request_id = rows[outcome.index]["request_id"]
-        if outcome.error is None:
-            record_result(conn, request_id, outcome.result, outcome.attempts)
-        else:
-            record_error(conn, request_id, outcome.error, outcome.attempts, outcome.seconds)
-        done += 1
-        on_done()
-    return done
+def compute_all(engine, tasks: list[EntryTask], retry: RequestConfig) -> Iterator[list[Answer]]:
+    """Every task's answers, one task (or one concurrent outcome) at a time."""
+    if hasattr(engine, "generate_many") and not any(t.shared for t in tasks):
+        yield from compute_many(engine, tasks)
+        return
+    for task in tasks:
+        yield compute(engine, task, retry)
+
+
+def record(conn: sqlite3.Connection, answers: list[Answer]) -> int:
+    """Commit each answer; returns how many were new (a late duplicate is dropped)."""
+    return sum(record_result(conn, a.request_id, a.result, a.attempts) for a in answers)
