@@ -85,8 +85,10 @@ def test_heartbeat_renews_and_close_releases(dbh, tmp_path):
     with Claimer(conn, 0.3) as worker:
         worker.claim(runs, 2)
         first = conn.execute("SELECT MAX(expires_at) FROM leases").fetchone()[0]
-        time.sleep(0.5)
-        assert conn.execute("SELECT MIN(expires_at) FROM leases").fetchone()[0] > first
+        deadline = time.time() + 30  # a beat every 0.1 s; generous for a loaded machine
+        while conn.execute("SELECT MIN(expires_at) FROM leases").fetchone()[0] <= first:
+            assert time.time() < deadline, "the heartbeat never renewed the claim"
+            time.sleep(0.05)
     assert conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
 
 

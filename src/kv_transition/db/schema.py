@@ -353,6 +353,8 @@ CREATE TABLE leases (
     expires_at  REAL NOT NULL
 );
 CREATE INDEX leases_by_worker ON leases(worker);
+-- a claim walks pending requests in entry order and stops after a few entries
+CREATE INDEX requests_by_entry ON requests(entry_id, run_id);
 """),
 ]
 

@@ -15,6 +15,7 @@ prefill.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sqlite3
@@ -62,6 +63,7 @@ class Claimer:
         self.lease_s = lease_s
         self.worker = worker or new_worker_id()
         self.clock = clock
+        self._after: dict[tuple[int, ...], int] = {}  # last entry claimed, per group
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -71,41 +73,49 @@ class Claimer:
         Returns request ids per claimed entry; [] when every pending request is held by a live
         worker (this one included); None when nothing of these runs is pending at all.
         """
+        key = tuple(run_ids)
         now = self.clock()
         with transaction(self.conn):
             self._free_dead_workers()
-            pending = self._pending(run_ids)
-            if not pending:
+            # first past the last entry this worker claimed (a sweep walks forward, so this
+            # stays cheap); only when that finds nothing, from the start, where a dead
+            # worker's expired claims may lie
+            chosen, seen = self._scan(run_ids, self._after.get(key, 0), now, n_entries)
+            if not chosen and self._after.get(key, 0):
+                chosen, seen = self._scan(run_ids, 0, now, n_entries)
+            if not seen:
                 return None
-            chosen = self._claimable(pending, now, n_entries)
             self.conn.executemany(
                 "INSERT OR REPLACE INTO leases(request_id, worker, expires_at) VALUES (?,?,?)",
-                [(rid, self.worker, now + self.lease_s) for ids in chosen for rid in ids])
-        return chosen
+                [(rid, self.worker, now + self.lease_s) for _, ids in chosen for rid in ids])
+        if chosen:
+            self._after[key] = chosen[-1][0]
+        return [ids for _, ids in chosen]
 
-    def _pending(self, run_ids: list[int]) -> list[sqlite3.Row]:
+    def _scan(self, run_ids: list[int], after: int, now: float,
+              n_entries: int) -> tuple[list[tuple[int, list[int]]], bool]:
+        """(claimable (entry, request ids) in entry order, whether anything is pending)."""
         marks = ",".join("?" * len(run_ids))
-        return self.conn.execute(
-            "SELECT r.request_id, r.entry_id, l.worker, l.expires_at FROM requests r "
+        cursor = self.conn.execute(
+            # in entry order straight from the index, so the walk stops after a few entries
+            # instead of sorting every pending request first
+            "SELECT r.entry_id, r.request_id, l.worker, l.expires_at "
+            "FROM requests r INDEXED BY requests_by_entry "
             "LEFT JOIN responses s ON s.request_id = r.request_id "
             "LEFT JOIN leases l ON l.request_id = r.request_id "
-            f"WHERE r.run_id IN ({marks}) AND s.request_id IS NULL "
-            "ORDER BY r.entry_id, r.request_id", run_ids).fetchall()
-
-    @staticmethod
-    def _claimable(pending: list[sqlite3.Row], now: float, n_entries: int) -> list[list[int]]:
-        by_entry: dict[int, list[sqlite3.Row]] = {}
-        for row in pending:
-            by_entry.setdefault(row["entry_id"], []).append(row)
-        chosen = []
-        for rows in by_entry.values():
+            f"WHERE r.entry_id > ? AND r.run_id IN ({marks}) AND s.request_id IS NULL "
+            "ORDER BY r.entry_id, r.run_id", (after, *run_ids))
+        chosen, seen = [], False
+        for entry_id, rows in itertools.groupby(cursor, key=lambda r: r[0]):
+            seen = True
+            rows = list(rows)
             # held by anyone alive (this worker too: it is computing it) -> not ours to take
-            if any(r["worker"] is not None and r["expires_at"] > now for r in rows):
+            if any(worker is not None and expires > now for _, _, worker, expires in rows):
                 continue
-            chosen.append([r["request_id"] for r in rows])
+            chosen.append((entry_id, [rid for _, rid, _, _ in rows]))
             if len(chosen) == n_entries:
                 break
-        return chosen
+        return chosen, seen
 
     def _free_dead_workers(self) -> None:
         others = [r[0] for r in self.conn.execute(

@@ -16,7 +16,7 @@ from kv_transition.data import prompt as prompt_tpl
 from kv_transition.db.connect import transaction
 from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
 from kv_transition.run.retries import call_with_retries
-from kv_transition.run.telemetry import failure_result, record_result
+from kv_transition.run.telemetry import failure_result, record_batch
 from kv_transition.settings import RequestConfig, Settings
 
 Setting = tuple[str, float]  # (policy, budget)
@@ -75,7 +75,8 @@ def request_rows(conn: sqlite3.Connection, request_ids: list[int]) -> list[sqlit
         f"WHERE r.request_id IN ({marks}) ORDER BY r.request_id", request_ids).fetchall()
 
 
-def _request_for(row: sqlite3.Row, settings: Settings, policy: str, budget: float) -> GenerationRequest:
+def _request_for(row: sqlite3.Row, settings: Settings, policy: str,
+                 budget: float) -> GenerationRequest:
     meta = json.loads(row["meta_json"])
     # the seed depends on the entry only: every setting of an entry, and every worker, uses it
     return GenerationRequest(
@@ -94,7 +95,8 @@ def entry_tasks(conn: sqlite3.Connection, claims: list[list[int]], setting_of: d
         if shared:
             request = _request_for(rows[0], settings, "full", 1.0)
             tasks.append(EntryTask(rows[0]["entry_id"], request,
-                                   [(r["request_id"], setting_of[r["run_id"]]) for r in rows], True))
+                                   [(r["request_id"], setting_of[r["run_id"]]) for r in rows],
+                                   True))
             continue
         for row in rows:
             setting = setting_of[row["run_id"]]
@@ -145,5 +147,6 @@ def compute_all(engine, tasks: list[EntryTask], retry: RequestConfig) -> Iterato
 
 
 def record(conn: sqlite3.Connection, answers: list[Answer]) -> int:
-    """Commit each answer; returns how many were new (a late duplicate is dropped)."""
-    return sum(record_result(conn, a.request_id, a.result, a.attempts) for a in answers)
+    """Commit one task's answers together; returns how many were new (a late duplicate is
+    dropped)."""
+    return record_batch(conn, [(a.request_id, a.result, a.attempts) for a in answers])
