@@ -99,6 +99,30 @@ def all_(config: Path = ConfigOpt, set_: list[str] = SetOpt,
         pipeline.run(exp, show_progress=progress)
         pipeline.score(exp)
         pipeline.analyze(exp)
+        if exp.settings.analysis.refine:
+            from kv_transition.refine import refine as refine_experiment
+
+            _print_refine(refine_experiment(exp, show_progress=progress))
+        console.print(f"report: {pipeline.report(exp)}")
+    _guard(step)
+
+
+def _print_refine(result) -> None:
+    for i, grown in enumerate(result.rounds, 1):
+        sizes = ", ".join(f"bin {b}: {a} -> {z}" for b, (a, z) in grown.items())
+        console.print(f"refine round {i}: {sizes}")
+    console.print(f"refine stopped: {result.stop}")
+
+
+@app.command()
+def refine(config: Path = ConfigOpt, set_: list[str] = SetOpt,
+           progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
+    """Add examples only to bins whose transition verdict is inconclusive, then reanalyze."""
+    from kv_transition.refine import refine as refine_experiment
+
+    def step():
+        exp = _experiment(config, set_)
+        _print_refine(refine_experiment(exp, show_progress=progress))
         console.print(f"report: {pipeline.report(exp)}")
     _guard(step)
 

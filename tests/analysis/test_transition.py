@@ -52,10 +52,11 @@ def test_nine_of_twelve_against_twelve_of_twelve_is_not_strong():
 
 
 def test_every_candidate_zone_is_reported():
-    run = _stats([0.9] * 7, [0, 0.5, 0, 0, 0.5, 0.5, 0])
+    # seven bins: the shortest third (0-2) is the pooled reference
+    run = _stats([0.9] * 7, [0, 0, 0, 0.5, 0, 0.5, 0.5])
     start, end, why = detect_transition(run, None)
-    assert (start, end) == (1, 1)
-    assert [(z["start"], z["end"]) for z in why["zones"]] == [(1, 1), (4, 5)]
+    assert why["reference_bins"] == [0, 1, 2] and (start, end) == (3, 3)
+    assert [(z["start"], z["end"]) for z in why["zones"]] == [(3, 3), (5, 6)]
 
 
 def test_collapsed_bins_are_excluded_and_never_the_reference():
@@ -74,7 +75,7 @@ def test_every_bin_collapsed_has_no_reference():
 
 
 def test_suggestive_but_not_significant_is_weak_and_inconclusive():
-    run = _stats([0.67] * 5, [0, 0, 1 / 3, 0, 0], n=12)
+    run = _stats([0.67] * 4, [0, 1 / 12, 1 / 4, 0], n=12)
     start, end, why = detect_transition(run, None)
     assert (start, end) == (None, None)
     assert why["verdict"] == "weak" and why["inconclusive_bins"] == [2]

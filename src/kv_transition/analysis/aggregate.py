@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections import Counter, defaultdict
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ PAIRED_COLUMNS = ("acc_delta", "acc_delta_ci_low", "acc_delta_ci_high", "acc_del
 Row = dict[str, Any]
 
 
+@lru_cache(maxsize=65536)  # answers repeat across settings (and in the power suite)
 def token_f1(pred: str, ref: str) -> float:
     """Bag-of-tokens F1 between two already-normalized answers; two empty answers agree."""
     a, b = pred.split(), ref.split()

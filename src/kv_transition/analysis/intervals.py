@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -60,6 +61,7 @@ class PairedResult:
     test: str
 
 
+@lru_cache(maxsize=16)
 def _z(ci: float) -> float:
     return float(stats.norm.ppf(0.5 + ci / 2))
 
@@ -71,7 +73,8 @@ def wilson(mean: float, n: float, ci: float = 0.95) -> tuple[float, float]:
     z2 = _z(ci) ** 2
     centre = (mean + z2 / (2 * n)) / (1 + z2 / n)
     half = math.sqrt(mean * (1 - mean) / n + z2 / (4 * n * n)) * math.sqrt(z2) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # rounding can put an endpoint a hair past the estimate at 0 or 1; an interval must hold it
+    return max(0.0, min(mean, centre - half)), min(1.0, max(mean, centre + half))
 
 
 def is_binary(values: np.ndarray) -> bool:
@@ -132,8 +135,8 @@ def mean_interval(values: Sequence[float], clusters: Sequence | None = None, ci:
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return Interval(None, None, None)
-    ids = _cluster_ids(x.size, clusters)
     clustered = has_clusters(clusters)
+    ids = _cluster_ids(x.size, clusters if clustered else None)
     if is_binary(x):
         n_eff = x.size / design_effect(x, ids) if clustered else x.size
         return Interval(*wilson(float(x.mean()), n_eff, ci),
@@ -146,6 +149,7 @@ def mean_interval(values: Sequence[float], clusters: Sequence | None = None, ci:
     return Interval(*wilson(float(np.clip(x.mean(), 0, 1)), n_eff, ci), WILSON_BOUND)
 
 
+@lru_cache(maxsize=4096)
 def mcnemar_exact(gains: int, losses: int) -> float:
     """Two-sided exact McNemar p: among discordant pairs, is a gain as likely as a loss?"""
     if gains + losses == 0:

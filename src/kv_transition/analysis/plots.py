@@ -187,20 +187,22 @@ def _memory_plot(conn: sqlite3.Connection, exp_group_id: str, runs: list[Row],
 
 
 def _acc_memory_points(conn: sqlite3.Connection, exp_group_id: str) -> dict[int, Row]:
-    """Per run: mean accuracy with a 95% bootstrap CI, and mean measured KV MiB per request."""
+    """Per run: mean accuracy with a 95% interval (intervals.mean_interval, clustered by
+    context), and mean measured KV MiB per request."""
     from kv_transition.analysis.aggregate import MIB
-    from kv_transition.analysis.bootstrap import bootstrap_ci
+    from kv_transition.analysis.intervals import mean_interval
 
-    acc, kv = defaultdict(list), defaultdict(list)
+    acc, kv, clusters = defaultdict(list), defaultdict(list), defaultdict(list)
     for r in queries.request_rows(conn, exp_group_id):
         acc[r["run_id"]].append(0.0 if r["acc"] is None else float(r["acc"]))
+        clusters[r["run_id"]].append(r["cluster"])
         if r["kv_bytes"] is not None:
             kv[r["run_id"]].append(r["kv_bytes"] / MIB)
     points = {}
     for run_id in set(acc) & set(kv):
-        low, high = bootstrap_ci(acc[run_id], 1000, 0.95, [run_id])
+        ci = mean_interval(acc[run_id], clusters[run_id], 0.95, 1000, [run_id])
         points[run_id] = {"kv": float(np.mean(kv[run_id])), "acc": float(np.mean(acc[run_id])),
-                          "low": low, "high": high}
+                          "low": ci.low, "high": ci.high}
     return points
 
 
@@ -211,7 +213,7 @@ def _acc_memory_plot(conn: sqlite3.Connection, exp_group_id: str, runs: list[Row
     points = _acc_memory_points(conn, exp_group_id)
     fig, (ax,) = _new_axes(f"Accuracy vs measured KV memory — {exp_group_id}",
                            "measured KV cache per request (MiB, mean): true bytes, incl. "
-                           "scales, zero-points, residual", "accuracy (mean, 95% bootstrap CI)")
+                           "scales, zero-points, residual", "accuracy (mean, 95% interval)")
     by_policy: dict[str, list[Row]] = defaultdict(list)
     for run in runs:
         if run["run_id"] in points:
@@ -252,7 +254,7 @@ def write_plots(conn: sqlite3.Connection, exp_group_id: str, plots_dir: Path) ->
     for row in queries.bin_stats_rows(conn, exp_group_id):
         by_run[row["run_id"]].append(row)
     length_plots = [
-        ("acc_vs_len.png", "Accuracy vs context length", "accuracy (mean ± bootstrap CI)",
+        ("acc_vs_len.png", "Accuracy vs context length", "accuracy (mean, 95% interval)",
          _acc_with_ci),
         ("std_vs_len.png", "Accuracy spread vs context length",
          "accuracy std across examples (sample)", _line("acc_std")),

@@ -7,12 +7,14 @@ overlap check called a smooth decline a transition up to 61% of the time):
 * collapse floor = COLLAPSE_FRACTION x the best bin accuracy of the full cache (the run itself
   without one). A bin at or below it has collapsed: it is never tested, never the reference
   and never part of the z-scores, so a collapse's flood of flips cannot drown a zone.
-* the reference bin is fixed before looking at instability: the shortest bin that has not
-  collapsed. "Rises" means relative to short contexts, so a zone starts after it.
+* the reference is fixed before looking at instability: the shortest third (at least one) of
+  the bins that have not collapsed, pooled. "Rises" means relative to short contexts, so a zone
+  starts after them; pooling several bins halves the reference's noise, which at 30 examples
+  per bin is what limits power most.
 * every other non-collapsed bin is tested on every instability signal it has: failure rate,
   flip rate against the full cache (correctness differs), changed-answer rate (normalized
   answer differs from the full cache's). The test is one-sided (rate above the reference's)
-  Fisher exact on the bin's and the reference's counts: a drop in instability is never
+  Fisher exact on the bin's and the pooled reference's counts: a drop in instability is never
   evidence, and the signal tested is the signal that fires.
 * all tests of all settings of the experiment are one family: Benjamini-Hochberg (default) or
   Holm adjusted p-values, compared with alpha / looks (looks: the analyses refine may make).
@@ -32,6 +34,7 @@ import math
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -110,13 +113,29 @@ def _count(stat: Row, signal: str) -> tuple[int, int] | None:
     return int(round(rate * n)), int(n)
 
 
-def _fisher_greater(bin_: Row, ref: Row, signal: str) -> Row | None:
-    """One-sided Fisher exact: is the bin's rate of ``signal`` above the reference's?"""
-    counts, ref_counts = _count(bin_, signal), _count(ref, signal)
+@lru_cache(maxsize=65536)
+def exact_greater_p(k: int, n: int, k0: int, n0: int) -> float:
+    """One-sided Fisher exact p that k/n comes from a higher rate than k0/n0 (cached: the same
+    counts recur across settings and in the power suite). Boschloo's test is more powerful
+    but costs seconds per table at a pooled reference of 200; the pooled reference bought
+    more power than Boschloo did (benchmarks/detector_power.py)."""
+    return float(fisher_exact([[k, n - k], [k0, n0 - k0]], alternative="greater")[1])
+
+
+def _pooled(refs: list[Row], signal: str) -> tuple[int, int] | None:
+    counts = [_count(r, signal) for r in refs]
+    if any(c is None for c in counts):
+        return None
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
+def _exact_greater(bin_: Row, refs: list[Row], signal: str) -> Row | None:
+    """One-sided exact test: is the bin's rate of ``signal`` above the pooled reference's?"""
+    counts, ref_counts = _count(bin_, signal), _pooled(refs, signal)
     if counts is None or ref_counts is None:
         return None
     (k, n), (k0, n0) = counts, ref_counts
-    p = float(fisher_exact([[k, n - k], [k0, n0 - k0]], alternative="greater")[1])
+    p = exact_greater_p(k, n, k0, n0)
     return {"bin_idx": bin_["bin_idx"], "signal": signal, "count": k, "n": n,
             "ref_count": k0, "ref_n": n0, "statistic": _json_num(k / n - k0 / n0), "p": p}
 
@@ -137,15 +156,17 @@ def plan_tests(stats_for_run: list[Row], baseline_stats: list[Row] | None) -> Ro
     """Everything decided before any p-value is seen: floor, reference, the tests."""
     stats = sorted(stats_for_run, key=lambda s: s["bin_idx"])
     floor = collapse_floor(stats, baseline_stats)
-    collapsed = [s["acc_mean"] is None or s["acc_mean"] <= floor for s in stats]
-    ref = next((s for s, c in zip(stats, collapsed) if not c), None)
+    # a model that is never right (floor 0) has no accuracy to lose: nothing has collapsed
+    collapsed = [s["acc_mean"] is None or (floor > 0 and s["acc_mean"] <= floor)
+                 for s in stats]
+    live = [s for s, c in zip(stats, collapsed) if not c]
+    refs = live[:math.ceil(len(live) / 3)]
     tests = []
-    for s, c in zip(stats, collapsed):
-        if c or ref is None or s is ref:
-            continue
-        tests += [t for sig in SIGNALS if (t := _fisher_greater(s, ref, sig)) is not None]
+    for s in live[len(refs):]:
+        tests += [t for sig in SIGNALS if (t := _exact_greater(s, refs, sig)) is not None]
     return {"stats": stats, "floor": floor, "collapsed": collapsed, "tests": tests,
-            "reference_bin": None if ref is None else ref["bin_idx"],
+            "reference_bin": refs[0]["bin_idx"] if refs else None,
+            "reference_bins": [r["bin_idx"] for r in refs],
             "collapse_bin": next((s["bin_idx"] for s, c in zip(stats, collapsed) if c), None)}
 
 
@@ -166,15 +187,21 @@ def _zones(plan: Row, level: float) -> list[Row]:
             current = None
     if current:
         zones.append(current)
-    return [_zone_summary(z, plan["reference_bin"]) for z in zones]
+    return [_zone_summary(z, plan["reference_bins"]) for z in zones]
 
 
-def _zone_summary(zone: Row, reference_bin: int) -> Row:
+def reference_words(bins: list[int]) -> str:
+    return bin_span(bins[0], bins[-1]) if bins == list(range(bins[0], bins[-1] + 1)) else \
+        "bins " + ", ".join(map(str, bins))
+
+
+def _zone_summary(zone: Row, reference_bins: list[int]) -> Row:
     best = min(zone["tests"], key=lambda t: (t["p_adjusted"], t["p"]))
     return {"start": zone["bins"][0], "end": zone["bins"][-1], "test": TEST,
             "signals": sorted({t["signal"] for t in zone["tests"]}),
             "signal": best["signal"], "statistic": best["statistic"], "p_value": best["p"],
-            "p_adjusted": best["p_adjusted"], "reference_bin": reference_bin,
+            "p_adjusted": best["p_adjusted"], "reference_bin": reference_bins[0],
+            "reference_bins": reference_bins,
             "tests": [_rounded(t) for t in zone["tests"]]}
 
 
@@ -200,10 +227,10 @@ def _no_zone(plan: Row, policy: Policy) -> tuple[str, str]:
     weak = inconclusive_bins(plan, policy)
     if weak:
         return "weak", (f"bin(s) {', '.join(map(str, weak))} suggest more instability than "
-                        f"bin {plan['reference_bin']} (raw p < "
+                        f"{reference_words(plan['reference_bins'])} (raw p < "
                         f"{policy.inconclusive_p:g}), but nothing is significant after "
                         f"{policy.multiplicity.upper()} at {policy.level:.3g}")
-    return "no_instability", (f"no signal is above bin {plan['reference_bin']}'s "
+    return "no_instability", (f"no signal is above {reference_words(plan['reference_bins'])} "
                               f"(every raw p >= {policy.inconclusive_p:g})")
 
 
@@ -214,6 +241,7 @@ def decide(plan: Row, policy: Policy) -> tuple[int | None, int | None, Row]:
         "level": _json_num(policy.level), "multiplicity": policy.multiplicity,
         "collapse_fraction": COLLAPSE_FRACTION, "collapse_floor": _json_num(plan["floor"]),
         "collapse_bin": plan["collapse_bin"], "reference_bin": plan["reference_bin"],
+        "reference_bins": plan.get("reference_bins", []),
         "bins": _bin_table(plan["stats"], plan["collapsed"]),
         "tests": [_rounded(t) for t in plan["tests"]],
         "inconclusive_bins": inconclusive_bins(plan, policy) if plan["tests"] else [],
@@ -225,7 +253,8 @@ def decide(plan: Row, policy: Policy) -> tuple[int | None, int | None, Row]:
         verdict, why = _no_zone(plan, policy)
         return None, None, {**rationale, "verdict": verdict, "why": why, "zones": []}
     first = zones[0]
-    why = (f"{', '.join(first['signals'])} above bin {first['reference_bin']}'s (one-sided "
+    why = (f"{', '.join(first['signals'])} above {reference_words(first['reference_bins'])} "
+           f"(one-sided "
            f"Fisher exact, {policy.multiplicity.upper()}-adjusted p = "
            f"{first['p_adjusted']:.2g} < {policy.level:.3g}) while accuracy is above the "
            f"collapse floor ({plan['floor']:.2f})")
@@ -312,3 +341,17 @@ def policy_from(cfg, looks: int = 1) -> Policy:
     return Policy(alpha=getattr(cfg, "alpha", ALPHA),
                   multiplicity=getattr(cfg, "multiplicity", "bh"),
                   inconclusive_p=getattr(cfg, "inconclusive_p", INCONCLUSIVE_P), looks=looks)
+
+
+def growth_plan(rationales: list[Row], n_by_bin: dict[int, int], max_n: int) -> dict[int, int]:
+    """Refine's next step: bin -> new size. Inconclusive bins double (up to max_n), and so does
+    the reference bin they were compared with: a one-sided test of a grown bin against a
+    reference of the old size gains little, the reference's noise dominating."""
+    grow: set[int] = set()
+    for r in rationales:
+        weak = r.get("inconclusive_bins") or []
+        if weak:
+            grow.update(weak)
+            grow.update(r.get("reference_bins") or [r["reference_bin"]])
+    return {b: min(2 * n_by_bin[b], max_n) for b in sorted(grow)
+            if b in n_by_bin and n_by_bin[b] < max_n}

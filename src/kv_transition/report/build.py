@@ -20,13 +20,14 @@ from kv_transition.analysis.aggregate import CORRECT_AT, MIB, run_memory
 from kv_transition.analysis.plots import PLOT_NAMES, run_label, scope_label
 from kv_transition.analysis.sds import report_section as sds_section
 from kv_transition.probes.report import link_section as novelty_link_section
-from kv_transition.analysis.transition import bin_span
+from kv_transition.analysis.transition import bin_span, reference_words
 from kv_transition.errors import BadInput
 
 Row = dict[str, Any]
 RANDOM_MODEL_PREFIX = "builtin:tiny-random"
+POWER_REPS = 100  # simulated experiments behind the report's power line (seconds, not minutes)
 FIGURES = {
-    "acc_vs_len.png": "Accuracy vs context length (mean and bootstrap CI per bin)",
+    "acc_vs_len.png": "Accuracy vs context length (mean and interval per bin)",
     "std_vs_len.png": "Accuracy spread (sample std across examples) per bin",
     "failrate_vs_len.png": "Failure rate per bin",
     "flip_vs_len.png": "Flip rate: answers whose correctness differs from the full cache",
@@ -145,6 +146,18 @@ def _delta_text(s: Row) -> str:
     return f"{pts(s['acc_delta'])} {ci_text(s['acc_delta_ci_low'], s['acc_delta_ci_high'], 'pts')}"
 
 
+def _p_text(p: float | None) -> str:
+    return "—" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _methods(d: Row) -> Row:
+    """The interval and test names stored beside the numbers, as the report states them."""
+    rows = [s for rows in d["stats"].values() for s in rows]
+    names = lambda key: ", ".join(sorted({s.get(key) for s in rows if s.get(key)})) or "—"  # noqa: E731
+    return {"acc": names("acc_ci_method"), "delta": names("acc_delta_ci_method"),
+            "test": names("acc_delta_test"), "fail": names("fail_ci_method")}
+
+
 def _results(d: Row) -> list[Row]:
     rows = []
     for run in d["runs"]:
@@ -154,6 +167,7 @@ def _results(d: Row) -> list[Row]:
                 "setting": run["label"], "bin": s["bin_idx"], "tokens": tokens(s), "n": s["n"],
                 "acc": f"{fmt(s['acc_mean'])} {ci_text(s['acc_ci_low'], s['acc_ci_high'])}",
                 "delta": "baseline" if run["is_baseline"] else _delta_text(s),
+                "delta_p": "—" if run["is_baseline"] else _p_text(s.get("acc_delta_p")),
                 "flip": fmt(s["flip_rate"], 2), "fail": fmt(s["fail_rate"], 2),
                 "lat": fmt(s["lat_p50"], 3), "kv": fmt(None if kv is None else kv / MIB, 2),
             })
@@ -240,19 +254,24 @@ def _findings(d: Row) -> list[str]:
     return findings
 
 
-def _transition_words(t: Row, by_bin: dict[int, Row]) -> str:
-    r, a, b = t["rationale"], t["transition_bin_start"], t["transition_bin_end"]
+def _zone_text(z: Row, by_bin: dict[int, Row], r: Row) -> str:
+    a, b = z["start"], z["end"]
     span = f"{tokens(by_bin[a]).split('–')[0]}–{tokens(by_bin[b]).split('–')[-1]}"
-    text = (f"Instability rises in {bin_span(a, b)} ({span} tokens) before accuracy collapses: "
-            f"{r['why']}. Compared with bin {r['reference_bin']}: fail-rate p = "
-            f"{fmt(r.get('p_fail_higher'))}, flip-rate p = {fmt(r.get('p_flip_higher'))}, "
-            f"accuracy CIs separated: {'yes' if r.get('acc_ci_separated') else 'no'}.")
-    fired = {trig for bin_ in r["bins"] if a <= bin_["bin_idx"] <= b for trig in bin_["triggers"]}
-    if fired == {"std"}:
-        # for 0/1 metrics the spread is p(1-p): a std-only zone is a shift of the mean
-        text += (" Only the accuracy spread fired; for 0/1 metrics it follows the mean, so "
-                 "read this as an accuracy shift rather than instability.")
-    return text
+    signals = ", ".join(SIGNAL_WORDS[sig] for sig in z["signals"])
+    return (f"{bin_span(a, b)} ({span} tokens): {signals} above the reference "
+            f"{reference_words(z['reference_bins'])} ({z['test'].replace('_', ' ')}; strongest: "
+            f"{SIGNAL_WORDS[z['signal']]} +{pts(z['statistic'], signed=False)} points, p = "
+            f"{_p_text(z['p_value'])}, {r['multiplicity'].upper()}-adjusted p = "
+            f"{_p_text(z['p_adjusted'])} < {r['level']:.3g})")
+
+
+SIGNAL_WORDS = {"fail": "failure rate", "flip": "flip rate", "changed": "changed-answer rate"}
+
+
+def _transition_words(t: Row, by_bin: dict[int, Row]) -> str:
+    r = t["rationale"]
+    zones = "; ".join(_zone_text(z, by_bin, r) for z in r["zones"])
+    return f"Instability rises before accuracy collapses in {zones}."
 
 
 def _zone_words(t: Row, run: Row, d: Row) -> str:
@@ -266,8 +285,10 @@ def _zone_words(t: Row, run: Row, d: Row) -> str:
         return _transition_words(t, by_bin) + collapse
     if verdict == "weak":
         return f"Evidence is weak, so no zone is claimed: {r['why']}.{collapse}"
-    words = {"no_instability": "No bin shows instability above the threshold while accuracy "
-                               "still holds.",
+    words = {"no_instability": f"No bin's instability is above the reference's: {r.get('why')}.",
+             "baseline": "The full cache: every compressed run is compared with it.",
+             "no_reference": "Every bin has collapsed: there is no stable bin to compare with.",
+             "no_tests": "No instability signal could be tested outside the reference bins.",
              "constant": "Every signal is identical across bins; there is nothing to detect.",
              "too_few_bins": "Only one length bin; a transition needs several.",
              "no_data": "No statistics for this run."}
@@ -285,6 +306,26 @@ def _transitions(d: Row) -> list[Row]:
         out.append({"setting": run["label"], "verdict": t["rationale"].get("verdict"),
                     "zone": zone, "words": _zone_words(t, run, d)})
     return out
+
+
+def _power_line(d: Row) -> str:
+    """What "no zone" can mean at this run's size: the power suite's planted zone, detected
+    at this many examples per bin (analysis/power.py, the code benchmarks/detector_power.py
+    runs)."""
+    from kv_transition.analysis.power import SCENARIOS, zone_detection_rate
+
+    ns = sorted(s["n"] for rows in d["stats"].values() for s in rows)
+    if not ns:
+        return ""
+    n = ns[len(ns) // 2]
+    looks = max((t["rationale"].get("looks") or 1 for t in d["transitions"].values()),
+                default=1)
+    rate = zone_detection_rate(n, looks, POWER_REPS)
+    return (f"With {n} examples per bin, a zone like the one planted in the power suite "
+            f"({SCENARIOS['zone_then_collapse'].note}) is found {rate:.0%} of the time "
+            f"({POWER_REPS} simulated experiments; benchmarks/detector_power.py). "
+            + ("So \"no zone\" here may well mean \"too few examples\"." if rate < 0.8 else
+               "So \"no zone\" here is informative for effects of that size."))
 
 
 def _failures(d: Row) -> list[Row]:
@@ -308,9 +349,10 @@ def _limitations(d: Row, random_model: bool) -> list[str]:
     items = [
         f"Examples per bin: {min(ns)} to {max(ns)}. With fewer than ~30 per bin the CIs are "
         "wide and small differences are invisible.",
-        f"Bootstrap CIs ({d['ci']:.0%}, percentile) are per bin and not corrected for multiple "
-        f"comparisons ({n_tests} compressed run × bin comparisons): some 'significant' "
-        "differences are expected by chance.",
+        f"Accuracy and Δ intervals ({d['ci']:.0%}; methods named under the results table) are "
+        f"per bin and not corrected for multiple comparisons ({n_tests} compressed run × bin "
+        "comparisons): some 'significant' differences are expected by chance. Transition "
+        "verdicts are corrected across every bin, signal and setting.",
         f"Flip rate counts an answer as correct when its accuracy is ≥ {CORRECT_AT}; divergence "
         "(in bin_stats.csv) is 1 − token F1 between this run's and the full cache's normalized "
         "answers.",
@@ -323,8 +365,9 @@ def _limitations(d: Row, random_model: bool) -> list[str]:
     elif not scopes:
         items.append("Peak memory was not recorded.")
     if any(t["rationale"].get("verdict") == "weak" for t in d["transitions"].values()):
-        items.append("Some runs show z-score outliers without significant evidence; they are "
-                     "reported as weak, not as transition zones.")
+        items.append("Some runs show suggestive but not significant instability; they are "
+                     "reported as weak, not as transition zones. `kv-transition refine` adds "
+                     "examples to exactly those bins.")
     if random_model:
         items.append(f"The model is {RANDOM_MODEL_PREFIX} (random weights): accuracy measures "
                      "nothing; this report only checks the pipeline.")
@@ -392,6 +435,7 @@ def report_context(conn: sqlite3.Connection, exp_group_id: str, run_dir: Path) -
         "figures": [{"name": n, "caption": FIGURES[n], "exists": (plots_dir / n).is_file()}
                     for n in PLOT_NAMES if not (systems and n in ACCURACY_PLOTS)],
         "results": [] if systems else _results(d), "findings": findings, "transitions": _transitions(d),
+        "methods": _methods(d), "power": _power_line(d),
         "failures": _failures(d), "limitations": _limitations(d, random_model),
         "mem_scope": scope_label(_scopes(d)), "accounting": _accounting(conn, d),
         "sds": sds_section(conn, exp_group_id, run_dir),  # None: no SDS data, no section

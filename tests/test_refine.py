@@ -1,0 +1,57 @@
+"""`refine` on a real tiny experiment: only inconclusive bins grow, resumably, no duplicates."""
+
+import sqlite3
+
+from kvt_testkit import TINY_CONFIG, write_config
+from test_cli import cli, db_file, dump, row_counts
+
+
+def _config(tmp_path, **analysis):
+    # inconclusive_p near 1: on the random-weight model every measurable rise is "suggestive",
+    # so the test exercises growth without a trained model
+    return write_config(tmp_path / "refine.yaml",
+                        analysis={**TINY_CONFIG["analysis"], "inconclusive_p": 0.999,
+                                  **analysis})
+
+
+def _sizes(path):
+    conn = sqlite3.connect(path)
+    return dict(conn.execute("SELECT bin_idx, COUNT(*) FROM manifest_entries GROUP BY bin_idx"))
+
+
+def test_refine_grows_only_inconclusive_bins_and_resumes(home, tmp_path):
+    cfg = _config(tmp_path, max_n_per_bin=6)
+    assert cli("all", "-c", cfg).exit_code == 0
+    before = _sizes(db_file(home))
+    conn = sqlite3.connect(db_file(home))
+    import json
+    rationales = [json.loads(r[0]) for r in conn.execute(
+        "SELECT rationale_json FROM transition_summary")]
+    weak = {b for r in rationales for b in r.get("inconclusive_bins", [])}
+    refs = {b for r in rationales if r.get("inconclusive_bins") for b in r["reference_bins"]}
+    result = cli("refine", "-c", cfg, "--no-progress")
+    assert result.exit_code == 0, result.output
+    after = _sizes(db_file(home))
+    grown = {b for b in after if after[b] > before[b]}
+    assert grown and grown <= weak | refs  # nothing else grows
+    assert all(after[b] <= 6 for b in after)
+    rounds = conn.execute("SELECT bin_idx, n_before, n_after FROM refine_rounds").fetchall()
+    assert {r[0] for r in rounds} == grown
+    counts = row_counts(db_file(home))
+    # every setting answered every entry exactly once
+    assert counts["requests"] == counts["responses"] == counts["runs"] * sum(after.values())
+    # a second refine: the planned looks (3 -> 6: two) are used up; nothing is added
+    snapshot = row_counts(db_file(home))
+    again = cli("refine", "-c", cfg, "--no-progress")
+    assert again.exit_code == 0 and "looks used" in again.output
+    assert row_counts(db_file(home)) == snapshot
+    assert "refine_rounds" not in snapshot  # (the contract tables only)
+
+
+def test_refine_without_a_maximum_is_bad_input_and_changes_nothing(home, tmp_path):
+    cfg = _config(tmp_path)
+    assert cli("all", "-c", cfg).exit_code == 0
+    before = dump(db_file(home))
+    result = cli("refine", "-c", cfg, "--no-progress")
+    assert result.exit_code == 2 and "analysis.max_n_per_bin" in result.output
+    assert dump(db_file(home)) == before
