@@ -74,3 +74,13 @@ def test_snapshot_holds_no_environment(tmp_path, monkeypatch):
         tmp_path, "engine:\n  kind: openai\n  base_url: http://127.0.0.1:9/v1\n  api_key_env: MY_KEY\n"))
     snap = s.snapshot_yaml()
     assert "MY_KEY" in snap and "sk-secret-value" not in snap
+
+
+def test_dataset_tasks_choose_the_mix_and_are_checked(tmp_path):
+    s = load_settings(_write(tmp_path, "dataset:\n  tasks: [niah_single, niah_multikey]\n"))
+    assert s.dataset.tasks == ["niah_single", "niah_multikey"]
+    for bad in ("[riddles]", "[]"):
+        with pytest.raises(BadInput, match="tasks"):
+            load_settings(_write(tmp_path, f"dataset:\n  tasks: {bad}\n"))
+    with pytest.raises(BadInput, match="tasks"):
+        load_settings(_write(tmp_path, "dataset:\n  task: niah_single\n  tasks: [niah_single]\n"))

@@ -34,6 +34,9 @@ class DatasetConfig(_Strict):
         "subset name, e.g. 'hotpotqa'. Functional: one of %s, 'mix', or 'humaneval' (a local "
         "HumanEval JSONL at dataset.path)." % (", ".join(SYNTHETIC_TASKS),
                                               ", ".join(FUNCTIONAL_TASKS)))
+    tasks: list[str] | None = Field(
+        None, description="Synthetic with task 'mix': the families it cycles through, in "
+        "order (unset: all of %s)." % ", ".join(SYNTHETIC_TASKS))
     path: str | None = Field(
         None, description="LongBench: a .jsonl file or a directory holding <task>.jsonl. "
         "Unset: load through `datasets` from the hub (needs network).")
@@ -58,6 +61,12 @@ class DatasetConfig(_Strict):
         if self.name == "synthetic" and self.task not in (*SYNTHETIC_TASKS, "mix"):
             raise ValueError(
                 f"unknown synthetic task {self.task!r}; allowed: {', '.join(SYNTHETIC_TASKS)}, mix")
+        if self.tasks is not None and (self.name != "synthetic" or self.task != "mix"):
+            raise ValueError("dataset.tasks applies only to name 'synthetic' with task 'mix'")
+        unknown = [t for t in self.tasks or [] if t not in SYNTHETIC_TASKS]
+        if unknown or self.tasks == []:
+            raise ValueError(f"dataset.tasks {self.tasks}: give one or more of "
+                             f"{', '.join(SYNTHETIC_TASKS)}")
         if self.name == "functional" and self.task not in (*FUNCTIONAL_TASKS, "mix", "humaneval"):
             raise ValueError(f"unknown functional task {self.task!r}; allowed: "
                              f"{', '.join(FUNCTIONAL_TASKS)}, mix, humaneval")

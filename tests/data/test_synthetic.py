@@ -34,6 +34,14 @@ def test_mix_cycles_through_the_families():
     assert got == list(SYNTHETIC_TASKS) * 2
 
 
+def test_mix_cycles_through_the_chosen_families_only():
+    got = [e.meta["task"] for e in generate_examples(
+        "mix", 200, 6, 0, words, families=["niah_multikey", "niah_single"])]
+    assert got == ["niah_multikey", "niah_single"] * 3
+    with pytest.raises(BadInput, match="riddles"):
+        generate_examples("mix", 200, 2, 0, words, families=["riddles"])
+
+
 @pytest.mark.parametrize("count", [words, chars, pieces])
 @pytest.mark.parametrize("target", [64, 256, 1000, 5000, 20000])
 def test_context_is_sized_in_the_given_tokens(count, target):

@@ -70,11 +70,50 @@ def test_labels_are_the_inputs_where_supervised():
     assert not (where & (ids == pad)).any()
 
 
-def test_length_cap_grows_then_holds_and_batches_respect_it():
-    plan = DataPlan(steps=100, min_len=128, max_len=1024, curriculum_frac=0.5)
+def test_length_cap_holds_short_then_grows_then_holds_and_batches_respect_it():
+    plan = DataPlan(steps=100, min_len=128, short_len=256, max_len=1024, hold_frac=0.3,
+                    ramp_frac=0.5)
     caps = [plan.length_cap(s) for s in range(100)]
-    assert caps[0] == 128 and caps[50] == caps[99] == 1024
+    assert caps[0] == caps[30] == 256 and caps[31] > 256 and caps[80] == caps[99] == 1024
     assert caps == sorted(caps)
+    # the gate opening at step 10 starts the ramp there, not at the longest hold
+    gated = [plan.length_cap(s, gate_step=10) for s in range(100)]
+    assert gated[10] == 256 and gated[11] > 256 and gated[60] == 1024
+    assert plan.length_cap(50, gate_step=90) == caps[50]  # a gate after the hold changes nothing
     ds = StepBatches(PLAN)
     for step in range(0, 10, 3):
         assert PLAN.min_len <= int(ds[step]["context_tokens"]) <= PLAN.length_cap(step)
+
+
+def _copies(tok, ex, seed, spans):
+    ids, mask = build_sequence(tok, ex, [], random.Random(seed), spans)
+    return ids, mask
+
+
+def test_repeated_spans_copy_earlier_text_with_loss_on_the_predictable_part():
+    tok = word_tokenizer()
+    ex = generate_examples("niah_multikey", 300, 1, 3, _count(tok))[0]
+    plain, _ = build_sequence(tok, ex, [])
+    for seed in range(6):
+        ids, mask = _copies(tok, ex, seed, spans=2)
+        assert len(ids) > len(plain) and any(mask)
+        # every supervised token continues a copy of text that appeared earlier
+        starts = [i for i in range(1, len(ids)) if mask[i] and not mask[i - 1]]
+        for i in starts:
+            run = ids[i:i + next((k for k, m in enumerate(mask[i:]) if not m), len(ids) - i)]
+            earlier = ids[:i]
+            assert any(earlier[j:j + len(run)] == run for j in range(len(earlier))), run
+        # no copy lands inside a needle: each one still reads whole
+        for key, value in qa.facts(ex.context):
+            needle = tok.encode(f" for {key} is: {value}.", add_special_tokens=False).ids
+            assert any(ids[j:j + len(needle)] == needle for j in range(len(ids))), key
+
+
+def test_multivalue_contexts_never_repeat_a_needle():
+    tok = word_tokenizer()
+    ex = generate_examples("niah_multivalue", 300, 1, 4, _count(tok))[0]
+    digits = {tok.token_to_id(str(d)) for d in range(10)}
+    for seed in range(8):
+        ids, mask = _copies(tok, ex, seed, spans=3)
+        assert not any(m and t in digits for t, m in zip(ids, mask))
+        assert sum(t in digits for t in ids) == 4 * 7  # four 7-digit values, no copies

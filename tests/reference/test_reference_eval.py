@@ -8,7 +8,6 @@ from kv_transition.engines import builtin
 from kv_transition.errors import BadInput
 from kv_transition.reference import evaluate as ev
 from kv_transition.reference import formats
-from kv_transition.settings import SYNTHETIC_TASKS
 
 
 def _eval(*args):
@@ -28,8 +27,9 @@ def test_eval_writes_a_task_by_length_table_per_setting(smoke_model, tmp_path, h
     assert "| task | format | 100 | 140 |" in table
     rows = [line for line in table.splitlines() if line.startswith("| niah_") or
             line.startswith("| variable_tracking")]
-    # text for all five tasks, python and json for the three retrieval tasks, two settings
-    assert len(rows) == 2 * (len(SYNTHETIC_TASKS) + 2 * len(formats.FUNCTIONAL_TASKS))
+    # text for the four trained tasks, python and json for the three retrieval tasks, two settings
+    assert len(rows) == 2 * (len(ev.TRAINED_TASKS) + 2 * len(formats.FUNCTIONAL_TASKS))
+    assert not any(line.startswith("| variable_tracking") for line in rows)
     assert "Target (full-cache accuracy ≥ 0.95 in every cell): **NOT met**" in table
 
 
@@ -37,9 +37,16 @@ def test_cells_count_every_request_and_score_with_the_projects_metric(smoke_mode
     plan = ev.EvalPlan(model=str(smoke_model), lengths=[100], n=3, formats=["text", "json"],
                        max_tokens=3)
     cells = ev.evaluate(plan, home / "data" / "models", log=lambda _: None)
-    assert {(c.task, c.fmt) for c in cells} == {(t, "text") for t in SYNTHETIC_TASKS} | {
+    assert {(c.task, c.fmt) for c in cells} == {(t, "text") for t in ev.TRAINED_TASKS} | {
         (t, "json") for t in formats.FUNCTIONAL_TASKS}
     assert all(c.n == 3 and 0.0 <= c.acc <= 1.0 and len(c.latencies) + c.errors == 3 for c in cells)
+
+
+def test_tasks_option_chooses_the_families(smoke_model, home):
+    plan = ev.EvalPlan(model=str(smoke_model), lengths=[100], n=1, formats=["text"],
+                       max_tokens=2, tasks=["variable_tracking"])
+    cells = ev.evaluate(plan, home / "data" / "models", log=lambda _: None)
+    assert [(c.task, c.fmt) for c in cells] == [("variable_tracking", "text")]
 
 
 def test_verdict_names_the_worst_cell():
@@ -64,7 +71,7 @@ def test_card_block_is_replaced_and_a_card_without_markers_is_bad_input(tmp_path
     (["--lengths", "100,abc"], "--lengths"), (["--formats", "yaml"], "--formats"),
     (["--policies", "nosuch"], "nosuch"),
     (["--budgets", "1.5", "--policies", "snapkv"], "--budgets"),
-    (["--dtype", "int4"], "--dtype")])
+    (["--dtype", "int4"], "--dtype"), (["--tasks", "niah_single,riddles"], "--tasks")])
 def test_eval_bad_arguments_exit_2(smoke_model, home, args, word):
     result = _eval("--model", smoke_model, "--n", 1, *args)
     assert result.exit_code == 2 and word in result.output, result.output

@@ -21,7 +21,10 @@ def dataset_id(settings: Settings, tokenizer_id: str) -> str:
     """Stable id: the same source, sampling, tokenizer and template give the same dataset."""
     d = settings.dataset
     # every dataset field, so no setting can silently reuse a dataset made with another
-    key = json.dumps({**d.model_dump(mode="json"), "n_bins": settings.binning.n_bins,
+    fields = d.model_dump(mode="json")
+    if fields["tasks"] is None:  # keeps the ids of datasets made before the field existed
+        del fields["tasks"]
+    key = json.dumps({**fields, "n_bins": settings.binning.n_bins,
                       "tokenizer": tokenizer_id, "template": prompt_tpl.template_hash()},
                      sort_keys=True)
     return f"{d.name}-{d.task}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"

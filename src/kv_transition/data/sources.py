@@ -17,7 +17,8 @@ def load_examples(settings: Settings, count_tokens: Callable[[str], int]) -> lis
         # enough candidates that every bin can be filled, whatever n_bins is
         n_each = math.ceil(cfg.n_per_bin * settings.binning.n_bins / len(cfg.lengths))
         return [ex for target in cfg.lengths
-                for ex in generate_examples(cfg.task, target, n_each, cfg.seed, count_tokens)]
+                for ex in generate_examples(cfg.task, target, n_each, cfg.seed, count_tokens,
+                                             families=cfg.tasks)]
     if cfg.name == "functional":
         from kv_transition.data.functional import load_functional
 

@@ -246,8 +246,10 @@ def _example(task: str, family: str, i: int, target: int, seed: int, depth: floa
 
 
 def generate_examples(task: str, target_tokens: int, n: int, seed: int,
-                      count_tokens: Callable[[str], int]) -> list[Example]:
-    """``n`` examples of ``task`` (or "mix": example i is SYNTHETIC_TASKS[i % 5]).
+                      count_tokens: Callable[[str], int],
+                      families: list[str] | None = None) -> list[Example]:
+    """``n`` examples of ``task`` (or "mix": example i is families[i % len(families)], by
+    default all of SYNTHETIC_TASKS).
 
     Each context has ``target_tokens`` tokens by ``count_tokens`` within ``tolerance()``; the
     same arguments always give identical examples.
@@ -257,8 +259,10 @@ def generate_examples(task: str, target_tokens: int, n: int, seed: int,
                        f"{', '.join(SYNTHETIC_TASKS)}, mix")
     if target_tokens < 1 or n < 0:
         raise BadInput(f"target_tokens must be >= 1 and n >= 0; got {target_tokens} and {n}")
-    families = [SYNTHETIC_TASKS[i % len(SYNTHETIC_TASKS)] if task == "mix" else task
-                for i in range(n)]
+    cycle = list(families or SYNTHETIC_TASKS)
+    if unknown := [f for f in cycle if f not in SYNTHETIC_TASKS]:
+        raise BadInput(f"unknown synthetic tasks {unknown}; allowed: {', '.join(SYNTHETIC_TASKS)}")
+    families = [cycle[i % len(cycle)] if task == "mix" else task for i in range(n)]
     depths = _depths(task, families, target_tokens, seed)
     return [_example(task, f, i, target_tokens, seed, d, count_tokens)
             for i, (f, d) in enumerate(zip(families, depths))]

@@ -63,9 +63,9 @@ def _reference_dir() -> Path:
         raise BadInput(
             f"model.name '{BUILTIN_PREFIX}{REFERENCE}': the reference model's weights are not in "
             f"this installation yet ({REFERENCE_DIR} has no config.json and model.safetensors). "
-            f"Train them on a GPU with `kv-transition reference train --out {REFERENCE_DIR} "
-            "--device cuda` (see MODEL_CARD.md there and scripts/train_reference_on_device.sh), "
-            f"or use '{BUILTIN_PREFIX}{TINY_RANDOM}'.")
+            f"Train them (on CPU, at most 2.5 hours on two cores) with `kv-transition reference "
+            f"train --out {REFERENCE_DIR} --device cpu` (see MODEL_CARD.md there), or use "
+            f"'{BUILTIN_PREFIX}{TINY_RANDOM}'.")
     return REFERENCE_DIR
 
 

@@ -55,16 +55,25 @@ def _floats(option: str, text: str) -> list[float]:
 @reference_app.command("train")
 def train_cmd(
         out: Path = typer.Option(..., "--out", help="Directory for the checkpoint and the model."),
-        steps: int = typer.Option(5000, help="Optimizer steps (the schedule's length)."),
+        steps: int = typer.Option(4800, help="Optimizer steps (the schedule's length)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
         seed: int = typer.Option(0, help="Seeds the weights and every batch."),
         size: str = typer.Option("reference", help="Model size: reference or smoke (tests)."),
-        tokens_per_step: int = typer.Option(65536, help="Context tokens per batch."),
-        min_len: int = typer.Option(128, help="Shortest context (tokens)."),
-        max_len: int = typer.Option(4608, help="Longest context once the curriculum ends."),
-        curriculum: float = typer.Option(0.6, help="Fraction of steps over which the length "
-                                         "cap grows from --min-len to --max-len."),
-        lr: float = typer.Option(1e-3, help="Peak learning rate."),
+        tokens_per_step: int = typer.Option(8192, help="Context tokens per batch."),
+        min_len: int = typer.Option(96, help="Shortest context (tokens)."),
+        short_len: int = typer.Option(256, help="Length cap while the curriculum holds."),
+        max_len: int = typer.Option(2304, help="Longest context once the curriculum ends."),
+        hold: float = typer.Option(0.3, help="Longest fraction of steps trained at --short-len "
+                                   "or less (retrieval forms on short contexts first)."),
+        gate_acc: float = typer.Option(0.8, help="Answer-digit accuracy that ends the hold "
+                                       "early (0: always hold for --hold)."),
+        repeat_spans: int = typer.Option(2, min=0, help="Spans of each training context copied "
+                                         "later into it, loss on the copies (induction)."),
+        ramp: float = typer.Option(0.5, help="Fraction of steps over which the length cap "
+                                   "grows from --short-len to --max-len."),
+        lr: float = typer.Option(3e-3, help="Peak learning rate."),
+        lm_weight: float = typer.Option(0.5, help="Weight of the language-modelling loss on "
+                                        "the haystack and questions (0: answers only)."),
         warmup: int = typer.Option(100, help="Linear warm-up steps."),
         workers: int = typer.Option(0, help="Data loader processes (0: in the training process)."),
         checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
@@ -80,10 +89,11 @@ def train_cmd(
         from kv_transition.reference.train import TrainConfig, train
 
         plan = DataPlan(seed=seed, steps=steps, tokens_per_step=tokens_per_step, min_len=min_len,
-                        max_len=max_len, curriculum_frac=curriculum)
+                        max_len=max_len, ramp_frac=ramp, short_len=short_len,
+                        hold_frac=hold, gate_acc=gate_acc, repeat_spans=repeat_spans)
         cfg = TrainConfig(out=str(out), size=size, data=plan, lr=lr, warmup=warmup,
                           device=device, workers=workers, checkpoint_every=checkpoint_every,
-                          log_every=log_every, save_dtype=save_dtype)
+                          log_every=log_every, save_dtype=save_dtype, lm_weight=lm_weight)
         summary = train(cfg, resume=resume, max_minutes=max_minutes, log=_say)
         if summary["done"]:
             _say(f"model saved to {out} ({summary['steps_done']} steps, "
@@ -94,7 +104,8 @@ def train_cmd(
 def _eval_command(plan, policies: str, budgets: str) -> str:
     """The command that reproduces the table, rebuilt from the values actually used."""
     args = ["--model", plan.model, "--n", str(plan.n),
-            "--lengths", ",".join(map(str, plan.lengths)), "--formats", ",".join(plan.formats)]
+            "--lengths", ",".join(map(str, plan.lengths)), "--formats", ",".join(plan.formats),
+            "--tasks", ",".join(plan.tasks)]
     if policies.strip():
         args += ["--policies", policies, "--budgets", budgets]
     args += ["--query-aware"] if plan.query_aware else []
@@ -107,8 +118,11 @@ def _eval_command(plan, policies: str, budgets: str) -> str:
 def eval_cmd(
         model: str = typer.Option("builtin:reference", help="Model directory or builtin name."),
         n: int = typer.Option(100, min=1, help="Examples per task and length."),
-        lengths: str = typer.Option("256,512,1024,2048,4096", help="Context lengths (tokens)."),
+        lengths: str = typer.Option("128,256,512,1024,2048", help="Context lengths (tokens)."),
         formats_: str = typer.Option("text,python,json", "--formats", help="Answer formats."),
+        tasks: str = typer.Option(
+            "niah_single,niah_multikey,niah_multivalue,niah_multiquery",
+            help="Synthetic task families (the ones the reference model is trained on)."),
         policies: str = typer.Option(
             "", help="Compression policies to add, e.g. snapkv,streamingllm."),
         budgets: str = typer.Option("0.5,0.2", help="Budgets for --policies."),
@@ -134,7 +148,8 @@ def eval_cmd(
         plan = ev.EvalPlan(model=model, lengths=_ints("--lengths", lengths), n=n, seed=seed,
                            formats=[f.strip() for f in formats_.split(",") if f.strip()],
                            settings=settings, device=device, dtype=dtype, query_aware=query_aware,
-                           max_tokens=max_tokens)
+                           max_tokens=max_tokens,
+                           tasks=[t.strip() for t in tasks.split(",") if t.strip()])
         cells = ev.evaluate(plan, paths.models_dir(paths.home(_state["home"])), log=_say)
         table = ev.markdown(cells, plan, _eval_command(plan, policies, budgets),
                             hardware(ev.resolved_device(plan.device)))

@@ -18,8 +18,8 @@ MAX_POSITIONS = 8192  # longest bin 4096 + question + answer, with room to probe
 ROPE_THETA = 10000.0
 
 SIZES: dict[str, dict[str, int]] = {
-    "reference": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
-                  "num_attention_heads": 8, "num_key_value_heads": 4},
+    "reference": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
+                  "num_attention_heads": 4, "num_key_value_heads": 2},
     "smoke": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2},
 }
