@@ -22,8 +22,19 @@ def _sizes(path):
 def test_refine_grows_only_inconclusive_bins_and_resumes(home, tmp_path):
     cfg = _config(tmp_path, max_n_per_bin=6)
     assert cli("all", "-c", cfg).exit_code == 0
+    conn = sqlite3.connect(db_file(home), isolation_level=None)
+    # the random-weight model fails every request in both bins: give one compressed request in
+    # the reference bin 0 the gold answer, so bin 1's failure rate is (a little) higher and
+    # bin 1 becomes inconclusive once rescored
+    conn.execute(
+        "UPDATE responses SET text = (SELECT json_extract(e.answers_json, '$[0]') FROM requests q "
+        "JOIN manifest_entries m USING (entry_id) JOIN examples e USING (dataset_id, example_id) "
+        "WHERE q.request_id = responses.request_id), finish_reason = 'stop' "
+        "WHERE request_id = (SELECT q.request_id FROM requests q JOIN runs r USING (run_id) "
+        "JOIN manifest_entries m USING (entry_id) WHERE r.kv_policy = 'snapkv' AND "
+        "m.bin_idx = 0 ORDER BY q.request_id LIMIT 1)")
+    assert cli("all", "-c", cfg).exit_code == 0
     before = _sizes(db_file(home))
-    conn = sqlite3.connect(db_file(home))
     import json
     rationales = [json.loads(r[0]) for r in conn.execute(
         "SELECT rationale_json FROM transition_summary")]

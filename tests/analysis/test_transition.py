@@ -70,7 +70,7 @@ def test_collapsed_bins_are_excluded_and_never_the_reference():
 
 
 def test_every_bin_collapsed_has_no_reference():
-    start, end, why = detect_transition(_stats([0.0] * 3, [0.5] * 3), None)
+    start, end, why = detect_transition(_stats([0.1] * 3, [0.5] * 3), _stats([0.9] * 3, [0] * 3))
     assert why["verdict"] == "no_reference"
 
 
