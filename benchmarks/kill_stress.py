@@ -72,17 +72,28 @@ def _db(home: Path, exp: str) -> Path:
     return home / "runs" / exp / "kv_transition.sqlite"
 
 
+def _phase(home: Path, cfg: Path, exp: str, phase: str) -> None:
+    """One phase in this process: setup and scoring need no separate process."""
+    from kv_transition import pipeline
+    from kv_transition.settings import load_settings
+
+    experiment = pipeline.Experiment(load_settings(cfg, [f"output.exp_group_id={exp}"]), home)
+    if phase == "run":
+        pipeline.run(experiment, show_progress=False)
+    else:
+        getattr(pipeline, phase)(experiment)
+
+
 def setup(home: Path) -> Path:
     """Config, prepared experiment 'base' and the single-process reference 'ref' (scored)."""
     cfg = home / "stress.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
-    for exp in ("base", "ref"):
-        subprocess.run(_cli(home, "prepare", "-c", str(cfg), "--set", f"output.exp_group_id={exp}"),
-                       check=True, env=_env(), capture_output=True)
-    for step in ("run", "score"):
-        extra = ["--no-progress"] if step == "run" else []
-        subprocess.run(_cli(home, step, "-c", str(cfg), *extra, "--set", "output.exp_group_id=ref"),
-                       check=True, env=_env(), capture_output=True)
+    _phase(home, cfg, "base", "prepare")
+    with sqlite3.connect(_db(home, "base")) as conn:  # everything in the main file: copyable
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copytree(home / "runs" / "base", home / "runs" / "ref")
+    for phase in ("run", "score"):
+        _phase(home, cfg, "ref", phase)
     return cfg
 
 
@@ -118,8 +129,7 @@ def one_round(home: Path, cfg: Path, exp: str, rng: random.Random, workers: int 
                 p.wait()
         for log in logs:
             log.close()
-    subprocess.run(_cli(home, "score", "-c", str(cfg), "--set", f"output.exp_group_id={exp}"),
-                   check=True, env=_env(), capture_output=True)
+    _phase(home, cfg, exp, "score")
     return _check(home, exp, killed_at, held, survivors_ok, time.time() - start)
 
 

@@ -12,6 +12,7 @@ one commit per answer, one commit per 64 answers, and the local worker's full bo
 whose engines together answer faster than this would wait on the database.
 
     OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/scale.py [--skip-runs] [--n 3000]
+        [--rows local1,local2,ray]
 """
 
 from __future__ import annotations
@@ -126,25 +127,36 @@ ANSWER = GenerationResult(text="the answer is 42", finish_reason="stop", prompt_
                           notes={"shared_prefill": True, "kv_scope": "cache"})
 
 
-def writer_rates(tmp: Path, n: int) -> dict[str, float]:
+def _timed(fn, n: int) -> tuple[float, float]:
+    """(answers per wall second, per CPU second of this process): on a loaded machine the
+    second says what the writer itself costs, the first what it got."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return n / (time.perf_counter() - wall), n / max(time.process_time() - cpu, 1e-9)
+
+
+def writer_rates(tmp: Path, n: int) -> dict[str, tuple[float, float]]:
     rates = {}
     conn, _ = _pending_db(tmp / "one.sqlite", n)
-    start = time.perf_counter()
-    for rid in range(1, n + 1):
-        record_result(conn, rid, ANSWER, 1)
-    rates["one commit per answer"] = n / (time.perf_counter() - start)
-    conn, _ = _pending_db(tmp / "batch.sqlite", n)
-    start = time.perf_counter()
-    for first in range(1, n + 1, 64):
-        last = min(first + 64, n + 1)
-        record_batch(conn, [(rid, ANSWER, 1) for rid in range(first, last)])
-    rates["one commit per 64 answers"] = n / (time.perf_counter() - start)
-    conn, run_id = _pending_db(tmp / "claim.sqlite", n)
-    claimer = Claimer(conn, 300)
-    start = time.perf_counter()
-    while claims := claimer.claim([run_id], 1):
-        record_result(conn, claims[0][0], ANSWER, 1)
-    rates["claim a lease + commit (local worker)"] = n / (time.perf_counter() - start)
+
+    def one_each():
+        for rid in range(1, n + 1):
+            record_result(conn, rid, ANSWER, 1)
+    rates["one commit per answer"] = _timed(one_each, n)
+    batch_conn, _ = _pending_db(tmp / "batch.sqlite", n)
+
+    def batched():
+        for first in range(1, n + 1, 64):
+            last = min(first + 64, n + 1)
+            record_batch(batch_conn, [(rid, ANSWER, 1) for rid in range(first, last)])
+    rates["one commit per 64 answers"] = _timed(batched, n)
+    claim_conn, run_id = _pending_db(tmp / "claim.sqlite", n)
+    claimer = Claimer(claim_conn, 300)
+
+    def claimed():
+        while claims := claimer.claim([run_id], 1):
+            record_result(claim_conn, claims[0][0], ANSWER, 1)
+    rates["claim a lease + commit (local worker)"] = _timed(claimed, n)
     return rates
 
 
@@ -152,6 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000, help="answers written in part 2")
     ap.add_argument("--skip-runs", action="store_true", help="part 2 only")
+    ap.add_argument("--rows", default="local1,local2,ray", help="part 1 rows to run")
     args = ap.parse_args()
     out = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
            f"{os.getloadavg()[0]:.1f} at start", ""]
@@ -163,11 +176,13 @@ def main() -> None:
             cfg.write_text(yaml.safe_dump(CONFIG))
             emit("| executor | processes | requests | wall s | req/s (wall) | req/s (steady) |")
             emit("|---|---:|---:|---:|---:|---:|")
-            for name, workers, extra in (("local", 1, []), ("local", 2, []),
-                                         ("ray, 2 actors", 1, RAY)):
+            rows = {"local1": ("local", 1, []), "local2": ("local", 2, []),
+                    "ray": ("ray, 2 actors", 1, RAY)}
+            for key in args.rows.split(","):
+                name, workers, extra = rows[key]
                 if extra:
                     extra = [*extra, "--set", f"run.ray.address={_start_ray()}"]
-                r = sweep_rate(home, cfg, f"{name[:5]}{workers}", workers, extra)
+                r = sweep_rate(home, cfg, key, workers, extra)
                 emit(f"| {name} | {workers} | {r['n']} | {r['wall']:.1f} | "
                      f"{r['rate_wall']:.2f} | {r['rate_steady']:.2f} |")
             _stop_ray()
@@ -175,12 +190,14 @@ def main() -> None:
             emit("(ray: the local Ray instance is started before the clock starts; its actors "
                  "start within it)")
             emit("")
-        emit(f"| single SQLite writer (WAL, synchronous=NORMAL), {args.n} answers | answers/s |")
-        emit("|---|---:|")
-        for name, rate in writer_rates(home, args.n).items():
-            emit(f"| {name} | {rate:,.0f} |")
+        emit(f"| single SQLite writer (WAL, synchronous=NORMAL), {args.n} answers "
+             "| answers/s (wall) | answers per CPU second |")
+        emit("|---|---:|---:|")
+        for name, (wall, cpu) in writer_rates(home, args.n).items():
+            emit(f"| {name} | {wall:,.0f} | {cpu:,.0f} |")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("scale_writer.md" if args.skip_runs else "scale.md")).write_text(
+    name = "scale_writer.md" if args.skip_runs else f"scale_{args.rows.replace(',', '_')}.md"
+    (RESULTS / name).write_text(
         "\n".join(out) + "\n")
 
 

@@ -191,11 +191,12 @@ def test_openai_actors_each_send_to_their_own_server(home, tmp_path, cluster):
     fake = _fake_server_module()
     servers = [fake.FakeOpenAIServer().start() for _ in range(2)]
     try:
+        urls = [srv.base_url for srv in servers]
         cfg = write_config(tmp_path / "oa.yaml", kv={"policies": ["snapkv"], "budgets": [1.0]},
-                           engine={"kind": "openai", "request": {"max_retries": 0}})
+                           engine={"kind": "openai", "request": {"max_retries": 0}},
+                           run={"executor": "ray", "ray": {"base_urls": urls}})
         cli("prepare", "-c", cfg)
-        urls = f"[{servers[0].base_url},{servers[1].base_url}]"
-        ray_run(home, cfg, "tiny", None, "run.ray.shard_size=1", f"run.ray.base_urls={urls}")
+        ray_run(home, cfg, "tiny", None, "run.ray.shard_size=1")
         # each actor's one warm-up request (a filler context) aside
         posts = [sum(s.method == "POST" and "the the the" not in json.dumps(s.body)
                      for s in srv.seen) for srv in servers]
