@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
-
 from kv_transition import paths, pipeline
-from kv_transition.errors import BadInput
+from kv_transition.console import console
+from kv_transition.console import guard as _guard
+from kv_transition.console import state as _state
+from kv_transition.reference.commands import reference_app
 from kv_transition.settings import load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Measure what KV-cache compression costs across context length and budget.")
-console = Console(stderr=True)
-_state: dict[str, Optional[str]] = {"home": None}
 
 ConfigOpt = typer.Option(..., "-c", "--config", help="Experiment config (YAML).")
 SetOpt = typer.Option([], "--set", help="Override one config value: key.path=value (YAML value).")
@@ -31,15 +30,6 @@ def main_options(home: Optional[str] = typer.Option(
 
 def _experiment(config: Path, overrides: list[str]) -> pipeline.Experiment:
     return pipeline.Experiment(load_settings(config, overrides), paths.home(_state["home"]))
-
-
-def _guard(step: Callable[[], None]) -> None:
-    """Bad input is the user's to fix: one paragraph, no traceback, exit 2."""
-    try:
-        step()
-    except BadInput as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -145,7 +135,7 @@ def quant_validate(
                                               "512,4096,32768 (the default with --memory-only).")
 ) -> None:
     """Check quantized caches: memory ratios, reconstruction and attention error per layer."""
-    from kv_transition.kv.validate import Options, QuantOrderingError, parse_lengths, run_validation
+    from kv_transition.quant_validate import Options, QuantOrderingError, parse_lengths, run_validation
 
     def step():
         exp = _experiment(config, set_) if config else None
@@ -163,8 +153,6 @@ def quant_validate(
 
 
 # `kv-transition reference train|eval`: the bundled reference model (reference/commands.py)
-from kv_transition.reference.commands import reference_app  # noqa: E402
-
 app.add_typer(reference_app, name="reference")
 
 

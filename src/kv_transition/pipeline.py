@@ -71,7 +71,8 @@ def prepare(exp: Experiment) -> str:
     from kv_transition.data.manifest import (build_manifest, dataset_id, manifest_from_db,
                                              save_manifest_json, write_manifest)
     from kv_transition.data.sources import load_examples
-    from kv_transition.data.tokenizer import load_counter, prompt_tokens
+    from kv_transition.data.prompt import prompt_tokens
+    from kv_transition.engines.tokenizer import load_counter
 
     count, tok_id = load_counter(exp.settings, paths.models_dir(exp.root))
     ds_id = dataset_id(exp.settings, tok_id)

@@ -63,7 +63,8 @@ def _rounds_done(conn: sqlite3.Connection, ds_id: str) -> int:
 def _candidates(exp: pipeline.Experiment, conn: sqlite3.Connection, ds_id: str) -> list:
     """(example, prompt tokens) from the dataset's source that are not in the database yet."""
     from kv_transition.data.sources import load_examples
-    from kv_transition.data.tokenizer import load_counter, prompt_tokens
+    from kv_transition.data.prompt import prompt_tokens
+    from kv_transition.engines.tokenizer import load_counter
 
     settings = exp.settings
     if settings.dataset.name == "synthetic":  # enough indices to fill every bin to the max

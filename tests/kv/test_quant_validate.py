@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kv_transition.cli import app
-from kv_transition.kv import validate
+from kv_transition import quant_validate as validate
 from kvt_testkit import write_config
 
 MODEL_ARGS = ["--lengths", "96"]

@@ -7,6 +7,9 @@ The prompt is split in two parts because KV policies compress the *context* pref
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
+
+from kv_transition.data.normalize import Example
 
 PROMPT_TEMPLATE_VERSION = "v1"
 
@@ -31,3 +34,8 @@ def template_hash() -> str:
     """Changes whenever the wording changes, so a manifest pins the prompt it was sized with."""
     text = "\x00".join((PROMPT_TEMPLATE_VERSION, CONTEXT_TEMPLATE, QUESTION_TEMPLATE))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def prompt_tokens(example: Example, count: Callable[[str], int]) -> int:
+    """Length of the whole prompt the model reads, which is what a bin is about."""
+    return count(full_prompt(example.context, example.question, example.answer_prefix))

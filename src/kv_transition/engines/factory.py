@@ -12,7 +12,7 @@ def make_engine(settings: Settings, models_root: Path, grid: list[tuple[str, flo
         from kv_transition.engines.hf import HFEngine
 
         return HFEngine(settings.model, settings.kv.press, models_root, settings.kv.quant)
-    from kv_transition.data.tokenizer import _load_tokenizer
+    from kv_transition.engines.tokenizer import _load_tokenizer
     from kv_transition.engines.endpoints import resolve_base_url
     from kv_transition.engines.openai_compat import OpenAIEngine
 

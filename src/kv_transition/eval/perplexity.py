@@ -119,7 +119,7 @@ def check_source(settings: Settings, models_root: Path) -> None:
     cfg = settings.canary.perplexity
     if cfg is None or cfg.path is None:
         return
-    from kv_transition.data.tokenizer import load_counter
+    from kv_transition.engines.tokenizer import load_counter
 
     count, _ = load_counter(settings, models_root)
     size = cfg.prefix_tokens + cfg.continuation_tokens

@@ -11,23 +11,14 @@ from typing import Optional
 
 import typer
 
+from kv_transition.console import guard as _guard
+from kv_transition.console import say as _say
+from kv_transition.console import state as _state
 from kv_transition.errors import BadInput
 
 reference_app = typer.Typer(no_args_is_help=True, help=(
     "Train and evaluate the bundled reference model (see "
     "src/kv_transition/assets/reference-model/MODEL_CARD.md)."))
-
-
-def _guard(step) -> None:
-    from kv_transition.cli import _guard as guard  # at call time: cli imports this module
-
-    guard(step)
-
-
-def _say(message: str) -> None:
-    from kv_transition.cli import console
-
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def _ints(option: str, text: str) -> list[int]:
@@ -139,7 +130,6 @@ def eval_cmd(
     """Full-cache (and optionally compressed) accuracy per task × length, as a Markdown table."""
     def step():
         from kv_transition import paths
-        from kv_transition.cli import _state
         from kv_transition.reference import evaluate as ev
         from kv_transition.reference.model import hardware
 

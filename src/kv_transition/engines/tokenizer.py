@@ -1,12 +1,15 @@
-"""Token counting with the model's own tokenizer, so bins mean what the model sees."""
+"""Token counting with the model's own tokenizer, so bins mean what the model sees.
+
+In ``engines/`` because finding the tokenizer means resolving the model the engine will load
+(a builtin, a local checkpoint, or a server's named tokenizer); ``data/`` only receives the
+counting function.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from kv_transition.data import prompt as prompt_tpl
-from kv_transition.data.normalize import Example
 from kv_transition.errors import BadInput
 from kv_transition.settings import Settings
 
@@ -15,6 +18,7 @@ def load_counter(settings: Settings, models_root: Path) -> tuple[Callable[[str],
     """Return (count_tokens, tokenizer id). The id goes into the manifest hash."""
     source = settings.model.tokenizer
     if settings.engine.kind == "hf":
+        # here, not at the top: engines.hf imports torch, which the CLI must not load at start
         from kv_transition.engines.hf import resolve_model_path, tokenizer_source
 
         source = resolve_model_path(tokenizer_source(settings.model), models_root)
@@ -35,8 +39,3 @@ def _load_tokenizer(source: str):
     except (OSError, ValueError) as exc:
         raise BadInput(f"model.tokenizer / model.name {source!r}: cannot load a tokenizer offline "
                        f"({exc.__class__.__name__}); give a local directory") from None
-
-
-def prompt_tokens(example: Example, count: Callable[[str], int]) -> int:
-    """Length of the whole prompt the model reads, which is what a bin is about."""
-    return count(prompt_tpl.full_prompt(example.context, example.question, example.answer_prefix))
