@@ -190,7 +190,7 @@ def main() -> None:
         rounds = []
         for i in range(args.rounds):
             rounds.append(one_round(home, cfg, f"round{i}", rng, args.workers))
-            print(table(rounds[-1:]).splitlines()[-1], flush=True)
+            print(table(rounds).splitlines()[-1], flush=True)
     text = f"{args.workers} workers, one SIGKILLed per round, seed {args.seed}\n\n{table(rounds)}\n"
     print("\n" + text)
     (Path(__file__).parent / "results" / "kill_stress.md").write_text(text)
