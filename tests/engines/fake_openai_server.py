@@ -11,6 +11,8 @@ normally, streaming when the request asks for it. Like real servers it rejects a
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -211,14 +213,44 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = raw.decode(errors="replace")
             reply = server.next_reply(Seen("POST", self.path, _lower(self.headers), body))
+            self._counted = False
             try:
                 self._answer(body, reply)
             finally:
+                self._finished()
+
+        def _finished(self) -> None:
+            if not self._counted:
+                self._counted = True
                 server.finished()
 
+        def _delay(self, seconds: float) -> bool:
+            """Wait before answering; False if the client hung up meanwhile (it timed out).
+
+            A request its client gave up on leaves the in-flight count at once: the client's
+            concurrency cap is about what it waits for, not what a slow server still works on.
+            """
+            end = time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                server.wait(min(0.02, left))
+                if self._client_gone():
+                    self._finished()
+                    self.close_connection = True
+                    return False
+            return True
+
+        def _client_gone(self) -> bool:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            try:
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
+
         def _answer(self, body: Any, reply: Reply) -> None:
-            if reply.delay_s:
-                server.wait(reply.delay_s)
+            if reply.delay_s and not self._delay(reply.delay_s):
+                return
             problem = _missing_fields(self.path, body)
             if problem and reply.body is None:
                 self._write(400, {"error": {"message": problem}})
