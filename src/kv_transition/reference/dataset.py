@@ -26,7 +26,7 @@ from kv_transition.data import prompt as prompt_tpl
 from kv_transition.data import synthetic
 from kv_transition.data.normalize import Example
 from kv_transition.reference import formats, qa, repeats
-from kv_transition.reference.model import special_ids, word_tokenizer
+from kv_transition.reference.model import digit_ids, special_ids, word_tokenizer
 
 IGNORE = -100  # label of tokens without loss (torch's cross_entropy ignore_index)
 
@@ -95,7 +95,7 @@ def build_sequence(tok, example: Example, asks: list[qa.Ask], rng: random.Random
         end = len(ids)
         while ids[end - 1] == newline:  # copies stay inside the text, before its blank line
             end -= 1
-        digits = {tok.token_to_id(str(d)) for d in range(10)}
+        digits = set(digit_ids(tok))
         repeats.add_repeats(ids, mask, start, end, rng, spans, digits, tok.token_to_id("."),
                             needles=example.meta["task"] != "niah_multivalue")
     for ask in asks:

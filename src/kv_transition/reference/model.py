@@ -57,6 +57,11 @@ def special_ids(tok) -> dict[str, int]:
             (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"))}
 
 
+def digit_ids(tok) -> list[int]:
+    """Ids of the ten digit tokens: the values answers are made of."""
+    return [tok.token_to_id(str(d)) for d in range(10)]
+
+
 def model_config(size: str, tok):
     """A ``LlamaConfig`` for ``size`` over the word tokenizer ``tok``."""
     from transformers import LlamaConfig

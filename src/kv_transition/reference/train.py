@@ -22,8 +22,8 @@ import torch
 
 from kv_transition.errors import BadInput
 from kv_transition.reference.dataset import IGNORE, DataPlan, StepBatches
-from kv_transition.reference.model import (hardware, model_config, probe_ids, save_tokenizer,
-                                           special_ids, word_tokenizer)
+from kv_transition.reference.model import (digit_ids, hardware, model_config, probe_ids,
+                                           save_tokenizer, special_ids, word_tokenizer)
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "training.json"
@@ -311,5 +311,4 @@ def _maybe_open_gate(cfg, batches, progress, entry, log) -> None:
 
 
 def _value_ids() -> torch.Tensor:
-    tok = word_tokenizer()
-    return torch.tensor([tok.token_to_id(str(d)) for d in range(10)])
+    return torch.tensor(digit_ids(word_tokenizer()))
