@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kv_transition.errors import BadInput
+from kv_transition.press_catalog import NamedPressDef, PressDef
 
 SYNTHETIC_TASKS = (
     "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "variable_tracking",
@@ -149,6 +150,9 @@ class EngineConfig(_Strict):
 class PressConfig(_Strict):
     window_size: int | None = Field(None, ge=1, description="SnapKV observation window.")
     n_sink: int | None = Field(None, ge=0, description="StreamingLLM sink tokens.")
+    custom: dict[str, PressDef] = Field(
+        default_factory=dict, description="Policies built from any kvpress press, by name "
+        "(README, 'Every kvpress press'); a kv.policies entry written as a mapping lands here.")
 
 
 class QuantConfig(_Strict):
@@ -189,7 +193,9 @@ class QuantConfig(_Strict):
 
 class KVConfig(_Strict):
     policy: str | None = Field(None, description="A single policy (shorthand for policies).")
-    policies: list[str] = Field(default_factory=list, description="Policies to compare.")
+    policies: list[str] = Field(
+        default_factory=list, description="Policies to compare: names, or mappings "
+        "{name, press, params, inner} that build a policy from any kvpress press.")
     budgets: list[float] = Field(
         [1.0, 0.5, 0.2], description="Fractions of the full KV cache kept, in (0, 1]; 1.0 is "
         "the uncompressed baseline, run once as policy 'full'.")
@@ -211,10 +217,31 @@ class KVConfig(_Strict):
             raise ValueError(f"budgets must be a non-empty list of numbers in (0, 1]; got {bad or v}")
         return sorted(set(v), reverse=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _press_policies(cls, data: Any) -> Any:
+        """Mapping entries of ``policies`` become named definitions in ``press.custom``."""
+        if not isinstance(data, dict) or not isinstance(data.get("policies"), list):
+            return data
+        entries = [e for e in data["policies"] if isinstance(e, dict)]
+        if not entries:
+            return data
+        press = dict(data.get("press") or {})
+        custom = dict(press.get("custom") or {})
+        for entry in entries:
+            named = NamedPressDef.model_validate(entry)
+            if named.name in custom:
+                raise ValueError(f"policy {named.name!r} is defined twice")
+            custom[named.name] = named.model_dump(exclude={"name"}, exclude_none=True)
+        names = [e["name"] if isinstance(e, dict) else e for e in data["policies"]]
+        return {**data, "policies": names, "press": {**press, "custom": custom}}
+
     @model_validator(mode="after")
     def _known_policies(self) -> "KVConfig":
-        from kv_transition.kv.registry import check_policies
+        from kv_transition.kv.registry import check_policies, register_custom
 
+        for name, definition in self.press.custom.items():
+            register_custom(name, definition)
         # unknown names, bad compositions, budgets a quantized policy cannot realise
         check_policies(self.all_policies(), self.budgets, self.quant)
         return self

@@ -92,3 +92,18 @@ def test_detected_transition_is_explained(dbh, tmp_path):
     assert "With 20 examples per bin, a zone like the one planted in the power suite" in text
     assert "accuracy interval wilson;" in text and "Δ test mcnemar_exact" in text
     assert "EMPTY: 8" in text
+
+
+def test_memory_that_did_not_fall_with_the_budget_is_flagged():
+    from kv_transition.report.build import _memory_findings
+
+    runs = [{"run_id": 1, "is_baseline": True, "dataset_id": "d", "label": "full"},
+            {"run_id": 2, "is_baseline": False, "dataset_id": "d", "label": "ada (0.5)",
+             "kv_budget": 0.5},
+            {"run_id": 3, "is_baseline": False, "dataset_id": "d", "label": "snapkv (0.5)",
+             "kv_budget": 0.5}]
+    d = {"runs": runs, "stats": {2: [], 3: []}, "baselines": {"d": runs[0]},
+         "memory": {1: {"kv_mib": 2.0}, 2: {"kv_mib": 2.0}, 3: {"kv_mib": 1.05}}}
+    text = "\n".join(_memory_findings(d))
+    assert "ada (0.5) keeps 100% of the full cache's bytes at budget 0.5" in text
+    assert "snapkv (0.5) keeps" not in text and "snapkv (0.5) holds 1.05 MiB" in text

@@ -24,6 +24,7 @@ class PolicySpec:
     shared_prefill: bool = True
     description: str = ""
     quant: str | None = None  # a kv/quant policy, applied to what the press (if any) kept
+    definition: Any = None  # a press_catalog.PressDef for a policy defined in the config
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -77,13 +78,31 @@ def _parsed_spec(name: str) -> PolicySpec:
         return PolicySpec(name, "eviction+quant", base.press, base.needs_attention_weights,
                           shared_prefill=False, quant=quant,
                           description=f"{base.description}, then {quant} quantization")
-    raise ValueError(f"unknown policy {name!r}; allowed: {', '.join(sorted(POLICIES))}, "
-                     "kivi-kXvY, or EVICTION+QUANT such as snapkv+int4")
+    raise ValueError(f"unknown policy {name!r}; allowed: {', '.join(sorted({*POLICIES, *CUSTOM}))}, "
+                     "kivi-kXvY, EVICTION+QUANT such as snapkv+int4, or a mapping "
+                     "{name, press, params, inner} built from any kvpress press")
+
+
+# Policies the loaded config defines from any kvpress press (kv.press.custom), by name. Filled
+# when the config is validated, so every process that loads the config (Ray workers, serve)
+# knows them; a later config that defines the same name replaces the definition.
+CUSTOM: dict[str, PolicySpec] = {}
+
+
+def register_custom(name: str, definition) -> PolicySpec:
+    """Make ``name`` a policy built from ``definition``; ValueError if it shadows a built-in."""
+    from kv_transition.kv.custom import spec_fields
+
+    if name in POLICIES or "+" in name:
+        raise ValueError(f"policy {name!r}: the name is taken by a built-in policy; choose "
+                         "another")
+    CUSTOM[name] = spec = PolicySpec(**spec_fields(name, definition))
+    return spec
 
 
 def policy_spec(name: str) -> PolicySpec:
     try:
-        return POLICIES[name]
+        return POLICIES.get(name) or CUSTOM[name]
     except KeyError:
         from kv_transition.errors import BadInput
 
@@ -103,6 +122,8 @@ def check_policies(names: list[str], budgets: list[float], quant_cfg) -> None:
             policy_spec(name)
         except BadInput as exc:
             raise ValueError(str(exc)) from None
+        if name in CUSTOM:  # a press definition: checked when it was registered
+            continue
         for budget in budgets:
             if budget < 1.0:
                 check_setting(name, budget, quant_cfg, EVICTION_POLICIES)
@@ -119,6 +140,10 @@ def make_press(name: str, budget: float, n_context_tokens: int, options: dict[st
         return _quant_press(spec, budget, n_context_tokens, options)
     if spec.press is None or budget >= 1.0:
         return None, {"policy": BASELINE_POLICY, "compression_ratio": 0.0}
+    if spec.definition is not None:
+        from kv_transition.kv.custom import build_press
+
+        return build_press(spec.name, spec.definition, budget, n_context_tokens)
     import kvpress
 
     options = {k: v for k, v in (options or {}).items() if v is not None}
