@@ -52,7 +52,7 @@ def measure(engine, n_tokens: int, policy: str, budget: float, reps: int, decode
     engine.prefill(ids[:, :1024], policy, budget)  # warm-up of this setting's kernels
     prefill_s, step_s, kv = [], [], 0
     for _ in range(reps):
-        engine._reset_peak()
+        engine.reset_peak()
         state = engine.prefill(ids, policy, budget)
         prefill_s.append(state.seconds)
         kv = state.kv_bytes
@@ -68,14 +68,14 @@ def shared_vs_fresh(engine, n_tokens: int, policy: str, budgets: list[float], re
     settings = [(policy if b < 1 else "full", b) for b in budgets]
     ratios = []
     for rep in range(reps + 1):  # the first round is the warm-up
-        start = engine._now()
+        start = engine.now()
         for p, b in settings:
             engine.prefill(ids, p, b)
-        fresh = engine._now() - start
-        start = engine._now()
+        fresh = engine.now() - start
+        start = engine.now()
         prefill_settings(engine, ids, settings)
         if rep:
-            ratios.append(fresh / (engine._now() - start))
+            ratios.append(fresh / (engine.now() - start))
     return statistics.median(ratios)
 
 

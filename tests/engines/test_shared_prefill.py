@@ -28,7 +28,7 @@ def _req(**kw):
 @pytest.mark.parametrize("policy", SHAREABLE)
 def test_same_kept_keys_as_a_fresh_prefill(engine, policy):
     ctx, _ = engine.encode(_req())
-    engine._attention_for(policy)
+    engine.use_attention_for(policy)
     states, _, _ = prefill_settings(engine, ctx, [(policy, b) for b in BUDGETS])
     for budget in BUDGETS:
         fresh = engine.prefill(ctx, policy, budget)

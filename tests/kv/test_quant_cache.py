@@ -119,7 +119,7 @@ def test_eviction_then_quantization_multiplies_in_bytes(engine):
 def test_adaptive_stays_within_its_true_budget(engine):
     states = {b: _logits(engine, "adaptive", b) for b in (0.5, 0.75)}
     for budget, state in states.items():
-        notes = engine._accounting(state)
+        notes = engine.accounting_notes(state)
         assert notes["fits_budget"] and notes["kv_ratio_true"] <= budget + 1e-9
         for layer in state.cache.layers:  # the first tokens are protected at 8 bits
             assert layer.n_tokens == state.n_positions

@@ -137,7 +137,7 @@ class HFEngine:
         model.to(self.device).eval()
         return model, tok
 
-    def _attention_for(self, policy: str) -> None:
+    def use_attention_for(self, policy: str) -> None:
         """H2O needs the attention weights, which only the eager implementation returns."""
         wanted = "eager" if policy_spec(policy).needs_attention_weights else self.attn
         if self.model.config._attn_implementation != wanted:
@@ -191,13 +191,13 @@ class HFEngine:
         # quantization policies bring their own cache; it quantizes what the press kept
         cache, quant_applied = make_cache(policy, budget, self.quant_cfg, self.model.config)
         applied = {**applied, **quant_applied}
-        start = self._now()
+        start = self.now()
         with compressing(self.model, press, cache):
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        seconds = self._now() - start
+        seconds = self.now() - start
         state = PrefillState(cache, out.logits[0, -1], ids.shape[1], seconds=seconds, applied=applied)
         state.kv_bytes = cache_bytes(cache)[0]
-        state.kv_bytes_uncompressed = self._full_bytes(state)
+        state.kv_bytes_uncompressed = self.full_bytes(state)
         return state
 
     @torch.inference_mode()
@@ -205,7 +205,7 @@ class HFEngine:
         """Feed more prompt tokens (the question) after compression, uncompressed."""
         if ids.shape[1] == 0:
             return
-        if _uneven_layers(state.cache):
+        if uneven_layers(state.cache):
             # Per-layer budgets (PyramidKV) leave layers of different lengths; a multi-token
             # forward builds one causal mask for all layers and breaks, one token at a time
             # needs no mask and gives the same result.
@@ -230,17 +230,17 @@ class HFEngine:
         step_times: list[float] = []
         logits = state.next_logits
         for _ in range(max_tokens):
-            start = self._now()
-            token = self._choose(logits, temperature, gen)
+            start = self.now()
+            token = choose_token(logits, temperature, gen)
             tokens.append(token)
             if on_token is not None:
                 on_token(token)
             if token in self.eos_ids:
-                step_times.append(self._now() - start)
+                step_times.append(self.now() - start)
                 return tokens, "stop", step_times
             if len(tokens) < max_tokens:
                 logits = self._step(state, token)
-            step_times.append(self._now() - start)
+            step_times.append(self.now() - start)
         return tokens, "length", step_times
 
     def _step(self, state: PrefillState, token: int) -> torch.Tensor:
@@ -249,13 +249,6 @@ class HFEngine:
         out = self.model(input_ids=ids, past_key_values=state.cache, position_ids=pos, use_cache=True)
         state.n_positions += 1
         return out.logits[0, -1]
-
-    @staticmethod
-    def _choose(logits: torch.Tensor, temperature: float, gen) -> int:
-        if temperature <= 0:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=gen).item())
 
     def warmup(self, policy: str, budget: float) -> None:
         """One untimed request, so the first timed one does not pay for lazy init and caches."""
@@ -271,12 +264,12 @@ class HFEngine:
                  on_token: Callable[[int], None] | None = None) -> GenerationResult:
         ctx_ids, q_ids = self.encode(req)
         self.check_length(ctx_ids, q_ids, req.max_tokens)
-        self._attention_for(req.policy)
-        self._reset_peak()
-        start = self._now()
+        self.use_attention_for(req.policy)
+        self.reset_peak()
+        start = self.now()
         with request_failures(f"{req.policy}@{req.budget}"):
             state, tokens, finish, steps = self._run(req, ctx_ids, q_ids, on_token)
-        latency = self._now() - start
+        latency = self.now() - start
         return self.result(req, state, tokens, finish, steps, ctx_ids, q_ids, latency)
 
     def check_length(self, ctx_ids: torch.Tensor, q_ids: torch.Tensor, max_tokens: int) -> None:
@@ -291,7 +284,7 @@ class HFEngine:
         """Package one answered request: text, timings, memory and KV accounting."""
         text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids],
                                      skip_special_tokens=True).strip()
-        peak, scope = self._peak_mb()
+        peak, scope = self.peak_mb()
         ttfb = state.seconds_to_first
         return GenerationResult(
             text=text, finish_reason=finish, prompt_tokens=int(ctx_ids.shape[1] + q_ids.shape[1]),
@@ -309,23 +302,23 @@ class HFEngine:
 
     def _run(self, req: GenerationRequest, ctx_ids: torch.Tensor, q_ids: torch.Tensor,
              on_token: Callable[[int], None] | None = None):
-        start = self._now()
+        start = self.now()
         if req.query_aware:
             state = self.prefill(torch.cat([ctx_ids, q_ids], dim=1), req.policy, req.budget)
         else:
             state = self.prefill(ctx_ids, req.policy, req.budget)
             self.extend(state, q_ids)
-        state.seconds = self._now() - start  # all prompt processing, compression included
+        state.seconds = self.now() - start  # all prompt processing, compression included
         # what decoding attends to: the compressed context plus the uncompressed question
         state.kv_bytes = cache_bytes(state.cache)[0]
-        state.kv_bytes_uncompressed = self._full_bytes(state)
-        state.accounting = self._accounting(state)
+        state.kv_bytes_uncompressed = self.full_bytes(state)
+        state.accounting = self.accounting_notes(state)
         tokens, finish, steps = self.decode(state, req.max_tokens, req.temperature, req.seed,
                                             on_token)
         state.seconds_to_first = state.seconds + (steps[0] if steps else 0.0)
         return state, tokens, finish, steps
 
-    def _full_bytes(self, state: PrefillState) -> int:
+    def full_bytes(self, state: PrefillState) -> int:
         """What the uncompressed cache would hold for the prefilled positions."""
         cfg = self.model.config
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -334,7 +327,7 @@ class HFEngine:
         prefilled = state.n_positions  # before decoding: context (+ question)
         return 2 * cfg.num_hidden_layers * heads * head_dim * elem * prefilled
 
-    def _accounting(self, state: PrefillState) -> dict[str, Any]:
+    def accounting_notes(self, state: PrefillState) -> dict[str, Any]:
         """Payload and true ratios against a 16-bit cache, with the nominal budget applied."""
         notes = cache_accounting(state.cache, state.n_positions, self.model.config, self.dtype)
         for key in ("kv_budget_nominal", "fits_budget"):
@@ -346,16 +339,16 @@ class HFEngine:
         return notes
 
     # -- measurement -----------------------------------------------------------------------
-    def _now(self) -> float:
+    def now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _reset_peak(self) -> None:
+    def reset_peak(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def _peak_mb(self) -> tuple[float, str]:
+    def peak_mb(self) -> tuple[float, str]:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20, "request"
         # Linux reports ru_maxrss in KiB; no per-request peak exists on CPU
@@ -377,7 +370,29 @@ def request_failures(label: str) -> Iterator[None]:
         raise EngineError(f"{label}: {exc.__class__.__name__}: {exc}", transient=False) from exc
 
 
-def _uneven_layers(cache: Any) -> bool:
+def choose_token(logits: torch.Tensor, temperature: float, gen) -> int:
+    """Greedy at temperature 0, else a sample from the tempered softmax (seeded by ``gen``)."""
+    if temperature <= 0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+@contextmanager
+def attention_mode(model, policy: str) -> Iterator[None]:
+    """The attention implementation ``policy`` needs, for the block only (then restored)."""
+    before = model.config._attn_implementation
+    wanted = "eager" if policy_spec(policy).needs_attention_weights else before
+    if wanted != before:
+        model.set_attn_implementation(wanted)
+    try:
+        yield
+    finally:
+        if wanted != before:
+            model.set_attn_implementation(before)
+
+
+def uneven_layers(cache: Any) -> bool:
     # get_seq_length, not keys: a quantized layer's keys are only its full-precision residual
     lengths = {layer.get_seq_length() for layer in getattr(cache, "layers", [])
                if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()

@@ -84,10 +84,10 @@ def prefill_settings(engine, ids: torch.Tensor, settings: list[Setting]):
             policy, budget, ids.shape[1], engine.press_options)
     hook = _LayerHook(presses, {s: DynamicCache() for s in settings})
     scratch = DynamicCache()  # the forward's own cache; each setting gets its copy in the hook
-    start = engine._now()
+    start = engine.now()
     with _hooked(engine.model, hook):
         out = engine.model(input_ids=ids, past_key_values=scratch, use_cache=True, logits_to_keep=1)
-    seconds = engine._now() - start
+    seconds = engine.now() - start
     del scratch
     states = {}
     for s in settings:
@@ -110,7 +110,7 @@ def generate_settings(engine, req: GenerationRequest,
     results = {}
     for group, policy in ((rest, "full"), (eager, "h2o")):
         if group:
-            engine._attention_for(policy)
+            engine.use_attention_for(policy)
             results.update(_generate_group(engine, req, group))
     return results
 
@@ -121,7 +121,7 @@ def _generate_group(engine, req: GenerationRequest,
 
     ctx_ids, q_ids = engine.encode(req)
     engine.check_length(ctx_ids, q_ids, req.max_tokens)
-    engine._reset_peak()
+    engine.reset_peak()
     prompt = torch.cat([ctx_ids, q_ids], dim=1) if req.query_aware else ctx_ids
     # the same failures a fresh prefill records, recorded the same way for the whole group
     with request_failures("shared prefill of " + ", ".join(f"{p}@{b}" for p, b in settings)):
@@ -136,16 +136,16 @@ def _finish(engine, req: GenerationRequest, state, prefill_s: float, ctx_ids, q_
     """Question (if asked after compression) and decoding for one setting; times are its own."""
     from kv_transition.engines.hf import cache_bytes
 
-    start = engine._now()
+    start = engine.now()
     if not req.query_aware:
         engine.extend(state, q_ids)
-    state.seconds = prefill_s + (engine._now() - start)
+    state.seconds = prefill_s + (engine.now() - start)
     state.kv_bytes = cache_bytes(state.cache)[0]
-    state.kv_bytes_uncompressed = engine._full_bytes(state)
-    state.accounting = engine._accounting(state)
+    state.kv_bytes_uncompressed = engine.full_bytes(state)
+    state.accounting = engine.accounting_notes(state)
     tokens, finish, steps = engine.decode(state, req.max_tokens, req.temperature, req.seed)
     state.seconds_to_first = state.seconds + (steps[0] if steps else 0.0)
-    scope = engine._peak_mb()[1]
+    scope = engine.peak_mb()[1]
     return engine.result(req, state, tokens, finish, steps, ctx_ids, q_ids,
                          state.seconds + sum(steps), shared_prefill=True,
                          shared_prefill_group=group,

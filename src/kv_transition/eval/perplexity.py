@@ -23,7 +23,7 @@ import torch
 from kv_transition.data.functional import heldout_documents, text_hash
 from kv_transition.db.connect import transaction
 from kv_transition.errors import BadInput
-from kv_transition.kv.registry import policy_spec
+from kv_transition.engines.hf import uneven_layers
 from kv_transition.settings import PerplexityConfig, Settings
 
 
@@ -59,25 +59,10 @@ def make_windows(docs: list[tuple[str, str]], tokenizer, cfg: PerplexityConfig) 
         f"{cfg.n_texts}; lower n_texts or the token counts, or give a longer text")
 
 
-def _attention_for(engine, policy: str) -> None:
-    """H2O-style presses read attention weights, which only the eager implementation returns."""
-    wanted = "eager" if policy_spec(policy).needs_attention_weights else engine.attn
-    if engine.model.config._attn_implementation != wanted:
-        engine.model.set_attn_implementation(wanted)
-
-
-def _uneven(cache: Any) -> bool:
-    """Per-layer budgets (PyramidKV) leave layers of different lengths; a multi-token forward
-    then builds one mask for all layers and breaks, so such caches are fed token by token."""
-    lengths = {layer.keys.shape[-2] for layer in getattr(cache, "layers", [])
-               if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()}
-    return len(lengths) > 1
-
-
 @torch.inference_mode()
 def continuation_nll(engine, window: Window, policy: str, budget: float) -> dict[str, Any]:
     """Sum of -log p(continuation token) with the prefix in a compressed cache."""
-    _attention_for(engine, policy)
+    engine.use_attention_for(policy)
     start = time.perf_counter()
     prefix = torch.tensor([window.prefix], dtype=torch.long, device=engine.device)
     state = engine.prefill(prefix, policy, budget)
@@ -86,7 +71,8 @@ def continuation_nll(engine, window: Window, policy: str, budget: float) -> dict
     logits = [state.next_logits.float().unsqueeze(0)]  # predicts the first continuation token
     feed = window.continuation[:-1]
     pos = state.n_positions
-    if _uneven(state.cache):
+    # per-layer budgets (PyramidKV) leave layers of different lengths: feed token by token
+    if uneven_layers(state.cache):
         for token in feed:
             out = engine.model(input_ids=torch.tensor([[token]], device=engine.device),
                                past_key_values=state.cache, use_cache=True,

@@ -16,14 +16,14 @@ fraction of all positions kept) and ``rank_correlation`` (Spearman between novel
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import stats
 
-from kv_transition.kv.registry import make_press, policy_spec
+from kv_transition.engines.hf import attention_mode
+from kv_transition.kv.registry import make_press
 from kv_transition.probes.capture import KVCapture
 from kv_transition.probes.store import MemorySink
 
@@ -60,20 +60,6 @@ def n_kv_heads(config) -> int:
     return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
 
 
-@contextmanager
-def _attention_for(model, policy: str):
-    """H2O reads attention weights, which only the eager implementation returns."""
-    before = model.config._attn_implementation
-    wanted = "eager" if policy_spec(policy).needs_attention_weights else before
-    if wanted != before:
-        model.set_attn_implementation(wanted)
-    try:
-        yield
-    finally:
-        if wanted != before:
-            model.set_attn_implementation(before)
-
-
 def _recording_scores(press, scores: dict[int, np.ndarray]) -> None:
     """Shadow the press's ``score`` with one that keeps a copy per layer."""
     original = press.score
@@ -102,7 +88,7 @@ def run_press(model, token_ids: list[int], policy: str, budget: float, layers: l
     cache = DynamicCache()
     device = next(model.parameters()).device
     ids = torch.tensor([token_ids], device=device)
-    with _attention_for(model, policy), capture.attach(model), press(model):
+    with attention_mode(model, policy), capture.attach(model), press(model):
         model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     kept = {}
     for layer in layers:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kv_transition.engines.hf import choose_token
 from kv_transition.probes.metrics import logprob_and_entropy
 
 _LOGIT_CHUNK = 256  # prompt rows scored at a time: bounds memory on large vocabularies
@@ -55,13 +56,6 @@ def _score_rows(logits: torch.Tensor, next_ids: list[int]) -> tuple[np.ndarray, 
     return (np.concatenate(lps) if lps else empty, np.concatenate(ents) if ents else empty)
 
 
-def _choose(logits: torch.Tensor, temperature: float, gen) -> int:
-    if temperature <= 0:
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=gen).item())
-
-
 @torch.inference_mode()
 def generate_with_capture(model, prompt_ids: list[int], capture, max_new_tokens: int,
                           temperature: float = 0.0, seed: int = 0,
@@ -81,7 +75,7 @@ def generate_with_capture(model, prompt_ids: list[int], capture, max_new_tokens:
         logits = out.logits[0, -1]
         finish = "length"
         for _ in range(max_new_tokens):
-            token = _choose(logits, temperature, gen)
+            token = choose_token(logits, temperature, gen)
             lp, ent = _score_rows(logits[None], [token])
             logprobs.append(float(lp[0]))
             entropies.append(float(ent[0]))
