@@ -1,6 +1,6 @@
 """Power and calibration of the transition detector and the intervals on planted scenarios.
 
-Every replicate goes through aggregate._run_stats and transition.detect_group, the code
+Every replicate goes through aggregate.run_stats and transition.detect_group, the code
 `analyze` runs (analysis/power.py draws the requests). Prints three markdown tables:
 
 1. per scenario and n examples per bin: how often a strong zone is reported, the planted zone

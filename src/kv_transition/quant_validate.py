@@ -163,7 +163,7 @@ def _capture(engine, ids, window: int):
     from kvpress.utils import get_prerope_query_states
     from transformers.models.llama.modeling_llama import rotate_half
 
-    from kv_transition.kv.quant.cache import _attention_modules
+    from kv_transition.kv.quant.cache import attention_modules
 
     queries: dict[int, Any] = {}
 
@@ -175,7 +175,7 @@ def _capture(engine, ids, window: int):
         return output
 
     handles = [m.register_forward_hook(hook, with_kwargs=True)
-               for m in _attention_modules(engine.model)]
+               for m in attention_modules(engine.model)]
     try:
         state = engine.prefill(ids, "full", 1.0)
     finally:

@@ -141,7 +141,7 @@ def _group_by_run_bin(rows: list[Row]) -> dict[int, dict[int, list[Row]]]:
     return grouped
 
 
-def _run_stats(run: Row, bins: dict[int, list[Row]], baseline: Row | None,
+def run_stats(run: Row, bins: dict[int, list[Row]], baseline: Row | None,
                full_by_entry: dict[int, Row], cfg: AnalysisConfig) -> list[Row]:
     stats = []
     for bin_idx in sorted(bins):
@@ -176,7 +176,7 @@ def compute_bin_stats(conn: sqlite3.Connection, exp_group_id: str,
         if baseline is not None:
             full_rows = grouped.get(baseline["run_id"], {})
             full_by_entry = {r["entry_id"]: r for rows in full_rows.values() for r in rows}
-        stats += _run_stats(run, grouped.get(run["run_id"], {}), baseline, full_by_entry, cfg)
+        stats += run_stats(run, grouped.get(run["run_id"], {}), baseline, full_by_entry, cfg)
     _write_bin_stats(conn, [r["run_id"] for r in runs], stats)
     return stats
 

@@ -1,7 +1,7 @@
 """Power and calibration on planted scenarios, through the code the pipeline runs.
 
 Each replicate draws per-request outcomes for a full-cache run and one compressed run over six
-length bins, then goes through ``aggregate._run_stats`` (intervals, paired tests) and
+length bins, then goes through ``aggregate.run_stats`` (intervals, paired tests) and
 ``transition.detect_group`` (tests, multiplicity, verdict), exactly as ``analyze`` does from
 the database. benchmarks/detector_power.py prints the tables; the report quotes
 ``zone_detection_rate`` so a reader knows whether "no zone" means none or too few examples.
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kv_transition.analysis.aggregate import _run_stats
+from kv_transition.analysis.aggregate import run_stats
 from kv_transition.analysis.transition import Policy, detect_group, growth_plan
 from kv_transition.settings import AnalysisConfig
 
@@ -118,8 +118,8 @@ def _prefix(data: dict[int, dict[int, list[Row]]], n_by_bin: dict[int, int]) -> 
 def analyse(data: dict[int, dict[int, list[Row]]], policy: Policy) -> Row:
     """bin_stats for both runs, then the compressed run's verdict, as `analyze` makes them."""
     full_by_entry = {r["entry_id"]: r for rows in data[1].values() for r in rows}
-    by_run = {1: _run_stats(FULL_RUN, data[1], FULL_RUN, full_by_entry, CFG),
-              2: _run_stats(COMP_RUN, data[2], FULL_RUN, full_by_entry, CFG)}
+    by_run = {1: run_stats(FULL_RUN, data[1], FULL_RUN, full_by_entry, CFG),
+              2: run_stats(COMP_RUN, data[2], FULL_RUN, full_by_entry, CFG)}
     result = detect_group(by_run, [FULL_RUN, COMP_RUN], policy)[1]
     return {"rationale": result["rationale"], "stats": by_run}
 
@@ -174,8 +174,8 @@ def coverage(p: float, n: int, reps: int, seed: int, loss: float = 0.05) -> Row:
     for _ in range(reps):
         data = draw(scen, n, rng)
         full_by_entry = {r["entry_id"]: r for r in data[1][0]}
-        full = _run_stats(FULL_RUN, data[1], FULL_RUN, full_by_entry, CFG)[0]
-        comp = _run_stats(COMP_RUN, data[2], FULL_RUN, full_by_entry, CFG)[0]
+        full = run_stats(FULL_RUN, data[1], FULL_RUN, full_by_entry, CFG)[0]
+        comp = run_stats(COMP_RUN, data[2], FULL_RUN, full_by_entry, CFG)[0]
         acc_hits += full["acc_ci_low"] <= p <= full["acc_ci_high"]
         delta_hits += comp["acc_delta_ci_low"] <= -loss <= comp["acc_delta_ci_high"]
     return {"p": p, "n": n, "reps": reps, "acc": acc_hits / reps, "delta": delta_hits / reps,

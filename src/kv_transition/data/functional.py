@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kv_transition.data import synthetic
-from kv_transition.data.longbench import _read_jsonl
+from kv_transition.data.longbench import read_jsonl
 from kv_transition.data.normalize import Example
 from kv_transition.errors import BadInput, DataError
 from kv_transition.reference import formats
@@ -114,7 +114,7 @@ def generate_functional(family: str, target_tokens: int, n: int, seed: int,
         depths = _depths(fam, len(idx), target_tokens, seed)
         for i, depth in zip(idx, depths):
             # the generator's per-example builder: it takes a depth, which "far back" needs
-            base = synthetic._example(f"functional-{fam}", RETRIEVAL_FAMILY, i, target_tokens,
+            base = synthetic.make_example(f"functional-{fam}", RETRIEVAL_FAMILY, i, target_tokens,
                                       seed, round(depth, 6), count_tokens)
             out.append(_functional_example(fam, base, show_schema))
     return sorted(out, key=lambda ex: int(ex.example_id.rsplit("-", 1)[1]))  # generation order
@@ -173,7 +173,7 @@ def load_humaneval(path: str) -> list[Example]:
         raise DataError(path, None, "no such file; expected a HumanEval-format .jsonl file "
                         f"(fields {', '.join(HUMANEVAL_FIELDS)})")
     out, seen = [], {}
-    for line, record in _read_jsonl(file):
+    for line, record in read_jsonl(file):
         rec = _humaneval_record(record, path, line)
         if rec["task_id"] in seen:
             raise DataError(path, line, f"duplicate task_id {rec['task_id']!r} (first on "
@@ -203,7 +203,7 @@ def _synthetic_documents(cfg: PerplexityConfig,
     docs = []
     for i in range(cfg.n_texts):
         depth = (i + 0.5) / cfg.n_texts
-        ex = synthetic._example("heldout", RETRIEVAL_FAMILY, i, target, cfg.seed, depth,
+        ex = synthetic.make_example("heldout", RETRIEVAL_FAMILY, i, target, cfg.seed, depth,
                                 count_tokens)
         docs.append((f"heldout-{i}", ex.context))
     return docs
@@ -221,7 +221,7 @@ def _file_documents(path: str) -> list[tuple[str, str]]:
         except UnicodeDecodeError:
             raise DataError(path, None, "not valid UTF-8 text") from None
     docs = []
-    for line, record in _read_jsonl(file):
+    for line, record in read_jsonl(file):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(path, line, "expected a JSON object with a string field \"text\"")
         docs.append((f"line{line}", record["text"]))

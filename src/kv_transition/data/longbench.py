@@ -51,7 +51,7 @@ def _resolve(task: str, path: str) -> Path:
     return p
 
 
-def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     """(1-based line, record) for every non-blank line; DataError names the bad line."""
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -137,4 +137,4 @@ def load_longbench(task: str, path: str | None) -> list[Example]:
     if path is None:
         return _from_hub(task)
     file = _resolve(task, path)
-    return _examples(task, _read_jsonl(file), str(file))
+    return _examples(task, read_jsonl(file), str(file))

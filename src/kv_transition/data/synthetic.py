@@ -227,7 +227,7 @@ def _depths(task: str, families: list[str], target: int, seed: int) -> list[floa
     return out
 
 
-def _example(task: str, family: str, i: int, target: int, seed: int, depth: float,
+def make_example(task: str, family: str, i: int, target: int, seed: int, depth: float,
              count_tokens: Callable[[str], int]) -> Example:
     # Two local RNGs: the haystack is drawn lazily, so it must not shift the needle draws.
     plan = _PLANNERS[family](random.Random(f"{seed}-{task}-{target}-{i}"), round(depth, 6))
@@ -264,5 +264,5 @@ def generate_examples(task: str, target_tokens: int, n: int, seed: int,
         raise BadInput(f"unknown synthetic tasks {unknown}; allowed: {', '.join(SYNTHETIC_TASKS)}")
     families = [cycle[i % len(cycle)] if task == "mix" else task for i in range(n)]
     depths = _depths(task, families, target_tokens, seed)
-    return [_example(task, f, i, target_tokens, seed, d, count_tokens)
+    return [make_example(task, f, i, target_tokens, seed, d, count_tokens)
             for i, (f, d) in enumerate(zip(families, depths))]

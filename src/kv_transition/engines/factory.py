@@ -12,13 +12,13 @@ def make_engine(settings: Settings, models_root: Path, grid: list[tuple[str, flo
         from kv_transition.engines.hf import HFEngine
 
         return HFEngine(settings.model, settings.kv.press, models_root, settings.kv.quant)
-    from kv_transition.engines.tokenizer import _load_tokenizer
+    from kv_transition.engines.tokenizer import load_tokenizer
     from kv_transition.engines.endpoints import resolve_base_url
     from kv_transition.engines.openai_compat import OpenAIEngine
 
     for policy, budget in grid:  # every setting must have somewhere to go
         resolve_base_url(settings.engine, policy, budget)
-    tok = _load_tokenizer(settings.model.tokenizer) if settings.model.tokenizer else None
+    tok = load_tokenizer(settings.model.tokenizer) if settings.model.tokenizer else None
     engine = OpenAIEngine(settings, tokenizer=tok)
     try:
         engine.check_reachable()

@@ -25,12 +25,12 @@ def load_counter(settings: Settings, models_root: Path) -> tuple[Callable[[str],
     if source is None:
         # an HTTP model with no local tokenizer: count words, and say so in the manifest
         return (lambda text: len(text.split())), "whitespace-words"
-    tok = _load_tokenizer(source)
+    tok = load_tokenizer(source)
     return (lambda text: len(tok(text, add_special_tokens=False).input_ids)), \
         f"{source}|{tok.__class__.__name__}|{len(tok)}"
 
 
-def _load_tokenizer(source: str):
+def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     local = Path(source).expanduser().exists()

@@ -76,7 +76,7 @@ def _generate(family: str, step: int, j: int, length: int, seed: int, depth: flo
               count) -> Example:
     # The generator's per-example builder is used directly because training needs a fresh
     # depth per example; the public generate_examples spreads depths over a fixed grid of n.
-    return synthetic._example(f"train-{step}", family, j, length, seed, depth, count)
+    return synthetic.make_example(f"train-{step}", family, j, length, seed, depth, count)
 
 
 def build_sequence(tok, example: Example, asks: list[qa.Ask], rng: random.Random | None = None,

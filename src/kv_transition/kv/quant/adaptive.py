@@ -23,7 +23,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from kv_transition.kv.quant.accounting import reference_bytes
-from kv_transition.kv.quant.cache import _resident, _Unsupported
+from kv_transition.kv.quant.cache import resident, Unsupported
 from kv_transition.kv.quant.policies import ADAPTIVE_WIDTHS
 from kv_transition.kv.quant.quantizers import QuantTensor, quantize
 
@@ -103,7 +103,7 @@ class _Bucket:
         return self.positions.nbytes + self.keys.nbytes + self.values.nbytes
 
 
-class AdaptiveKVLayer(_Unsupported, DynamicLayer):
+class AdaptiveKVLayer(Unsupported, DynamicLayer):
     def __init__(self, budget: float, group: int, sink_tokens: int, window: int):
         super().__init__()
         self.budget, self.group, self.sink_tokens, self.window = budget, group, sink_tokens, window
@@ -186,15 +186,15 @@ class AdaptiveKVLayer(_Unsupported, DynamicLayer):
     def get_seq_length(self) -> int:
         if not self.is_initialized:
             return 0
-        return self.n_tokens if self.sealed else _resident(self.keys)
+        return self.n_tokens if self.sealed else resident(self.keys)
 
     def stored_bytes(self) -> int:
-        resid = sum(t.nbytes for t in (self.keys, self.values) if _resident(t))
+        resid = sum(t.nbytes for t in (self.keys, self.values) if resident(t))
         return sum(b.nbytes for b in self.buckets.values()) + resid
 
     def payload_bits(self) -> int:
         quant = sum(b.keys.payload_bits + b.values.payload_bits for b in self.buckets.values())
-        return quant + 16 * sum(t.numel() for t in (self.keys, self.values) if _resident(t))
+        return quant + 16 * sum(t.numel() for t in (self.keys, self.values) if resident(t))
 
     def width_counts(self) -> dict[int, int]:
         return {b: int(bucket.positions.numel()) for b, bucket in sorted(self.buckets.items())}

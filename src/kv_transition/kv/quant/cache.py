@@ -26,7 +26,7 @@ from kv_transition.kv.quant.accounting import LayerSpec, TensorSpec, kv_shape, q
 from kv_transition.kv.quant.quantizers import QuantTensor, quantize
 
 
-def _resident(t: torch.Tensor | None) -> int:
+def resident(t: torch.Tensor | None) -> int:
     return 0 if t is None or t.dim() != 4 else t.shape[-2]
 
 
@@ -46,7 +46,7 @@ def _joined(history: QuantTensor | None, *parts: torch.Tensor) -> torch.Tensor:
     return torch.cat(full + [p for p in parts if p.numel()], dim=-2)
 
 
-class _Unsupported:
+class Unsupported:
     """Beam search and cropping would have to edit packed codes; nothing here needs them."""
 
     def _refuse(self, *_: Any, **__: Any) -> None:
@@ -55,7 +55,7 @@ class _Unsupported:
     crop = batch_repeat_interleave = batch_select_indices = reorder_cache = _refuse
 
 
-class QuantizedKVLayer(_Unsupported, DynamicLayer):
+class QuantizedKVLayer(Unsupported, DynamicLayer):
     """Uniform (intN) or KIVI quantization of one layer, per ``LayerSpec``."""
 
     def __init__(self, spec: LayerSpec):
@@ -90,24 +90,24 @@ class QuantizedKVLayer(_Unsupported, DynamicLayer):
     def get_seq_length(self) -> int:
         if not self.is_initialized:
             return 0
-        return (self.qkeys.n_tokens if self.qkeys else 0) + _resident(self.keys)
+        return (self.qkeys.n_tokens if self.qkeys else 0) + resident(self.keys)
 
     def stored_bytes(self) -> int:
         """Packed codes + scales + zero-points + full-precision residual, as held now."""
         quant = sum(q.nbytes for q in (self.qkeys, self.qvalues) if q is not None)
-        resid = sum(t.nbytes for t in (self.keys, self.values) if _resident(t))
+        resid = sum(t.nbytes for t in (self.keys, self.values) if resident(t))
         return quant + resid
 
     def payload_bits(self) -> int:
         quant = sum(q.payload_bits for q in (self.qkeys, self.qvalues) if q is not None)
-        return quant + 16 * sum(t.numel() for t in (self.keys, self.values) if _resident(t))
+        return quant + 16 * sum(t.numel() for t in (self.keys, self.values) if resident(t))
 
     def materialize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values attention would read now (for validation)."""
         return _joined(self.qkeys, self.keys), _joined(self.qvalues, self.values)
 
     def residual_lengths(self) -> tuple[int, int]:
-        return _resident(self.keys), _resident(self.values)
+        return resident(self.keys), resident(self.values)
 
 
 class QuantizedKVCache(Cache):
@@ -121,7 +121,7 @@ class QuantizedKVCache(Cache):
         self.layers[module.layer_idx].seal()
 
 
-def _attention_modules(model: Any) -> list[torch.nn.Module]:
+def attention_modules(model: Any) -> list[torch.nn.Module]:
     # the same attention modules kvpress hooks
     inner = model.model.language_model if hasattr(model.model, "language_model") else model.model
     return [layer.self_attn for layer in inner.layers]
@@ -134,7 +134,7 @@ def sealing(model: Any, cache: Any) -> Iterator[None]:
         cache.seal_layer(module, kwargs)
         return output
 
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in _attention_modules(model)]
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in attention_modules(model)]
     try:
         yield
     finally:
