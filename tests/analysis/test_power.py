@@ -1,6 +1,7 @@
 """A fast version of benchmarks/detector_power.py: few replicates, fixed seeds, loose bounds."""
 
 import numpy as np
+import pytest
 
 from kv_transition.analysis.power import (SCENARIOS, coverage, draw, run_with_refinement,
                                           scenario_rates)
@@ -43,3 +44,18 @@ def test_simulated_rows_are_prefix_consistent():
     data = draw(SCENARIOS["flat"], 20, np.random.default_rng(0))
     assert len(data[1][0]) == len(data[2][5]) == 20
     assert {r["entry_id"] for r in data[1][2]} == {r["entry_id"] for r in data[2][2]}
+
+
+def test_exact_coverage_and_what_any_interval_can_reach():
+    from kv_transition.analysis.power import attainable_coverage, exact_coverage
+
+    # at p = 0.9 and n = 12 the counts' masses jump from 88.9% to 97.4%: no deterministic
+    # interval can cover 93-97%, and Wilson sits on the nearest value above
+    below, inside, above = attainable_coverage(0.9, 12)
+    assert inside == [] and below == pytest.approx(0.8891, abs=1e-3)
+    assert exact_coverage(0.9, 12) == pytest.approx(above, abs=1e-6)
+    # elsewhere Wilson is within the band, except n = 30 at p = 0.9 (97.4%)
+    for p, n in [(0.5, 12), (0.5, 30), (0.5, 100), (0.9, 100), (0.97, 12), (0.97, 30),
+                 (0.97, 100)]:
+        assert 0.93 <= exact_coverage(p, n) <= 0.97, (p, n)
+    assert exact_coverage(0.9, 30) > 0.97

@@ -182,6 +182,44 @@ def coverage(p: float, n: int, reps: int, seed: int, loss: float = 0.05) -> Row:
             "acc_method": full["acc_ci_method"], "delta_method": comp["acc_delta_ci_method"]}
 
 
+def _jeffreys(k: int, n: int, ci: float) -> tuple[float, float]:
+    from scipy.stats import beta
+
+    tail = (1 - ci) / 2
+    return (0.0 if k == 0 else float(beta.ppf(tail, k + 0.5, n - k + 0.5)),
+            1.0 if k == n else float(beta.ppf(1 - tail, k + 0.5, n - k + 0.5)))
+
+
+def exact_coverage(p: float, n: int, ci: float = 0.95, method: str = "wilson") -> float:
+    """Coverage of the Wilson (the stored one) or Jeffreys interval at accuracy p and n
+    independent examples, computed exactly: the binomial probability of the counts k whose
+    interval contains p."""
+    from scipy.stats import binom
+
+    from kv_transition.analysis.intervals import wilson
+
+    bounds = {"wilson": lambda k: wilson(k / n, n, ci), "jeffreys": lambda k: _jeffreys(k, n, ci)}
+    return float(sum(binom.pmf(k, n, p) for k in range(n + 1)
+                     if (b := bounds[method](k))[0] <= p <= b[1]))
+
+
+def attainable_coverage(p: float, n: int, low: float = 0.93,
+                        high: float = 0.97) -> tuple[float, list[float], float]:
+    """What any interval rule can cover at (p, n): an interval's coverage is the binomial mass
+    of the counts whose interval contains p, a run of consecutive k for any sensible rule.
+    Returns (the largest mass below ``low``, the masses within [low, high], the smallest above
+    ``high``): an empty middle list means no deterministic interval can meet the band there."""
+    from scipy.stats import binom
+
+    pmf = binom.pmf(np.arange(n + 1), n, p)
+    cum = np.concatenate([[0.0], np.cumsum(pmf)])
+    masses = sorted({round(float(cum[b] - cum[a]), 6) for a in range(n + 1)
+                     for b in range(a + 1, n + 2)})
+    return (max((m for m in masses if m < low), default=0.0),
+            [m for m in masses if low <= m <= high],
+            min((m for m in masses if m > high), default=1.0))
+
+
 @lru_cache(maxsize=64)
 def zone_detection_rate(n: int, looks: int = 1, reps: int = 200, seed: int = 0) -> float:
     """How often the planted zone_then_collapse zone is found with n examples per bin."""
