@@ -85,3 +85,13 @@ def test_telemetry_fields_are_filled(engine):
     assert r.decode_s == pytest.approx(r.latency_s - r.ttfb_s)
     assert r.notes["peak_mem_scope"] == "process" and r.peak_mem_mb > 0
     assert r.completion_tokens == len(r.raw["token_ids"]) <= 6
+
+
+def test_each_request_records_the_layers_its_policy_compressed(engine):
+    full = engine.generate(_req())
+    half = engine.generate(_req(policy="snapkv", budget=0.5))
+    n_layers = engine.model.config.num_hidden_layers
+    assert full.notes["layers_compressed"] == []
+    assert half.notes["layers_compressed"] == list(range(n_layers))
+    assert sum(half.notes["kv_layer_bytes"]) == half.kv_bytes
+    assert all(t < full.notes["kv_layer_tokens"][0] for t in half.notes["kv_layer_tokens"])

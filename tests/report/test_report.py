@@ -107,3 +107,15 @@ def test_memory_that_did_not_fall_with_the_budget_is_flagged():
     text = "\n".join(_memory_findings(d))
     assert "ada (0.5) keeps 100% of the full cache's bytes at budget 0.5" in text
     assert "snapkv (0.5) keeps" not in text and "snapkv (0.5) holds 1.05 MiB" in text
+
+
+def test_layers_compressed_text():
+    from collections import Counter
+
+    from kv_transition.report.build import layers_text
+
+    assert layers_text(Counter({((), 4): 3})) == "none"
+    assert layers_text(Counter({((0, 1, 2, 3), 4): 3})) == "all 4"
+    assert layers_text(Counter({((5, 11, 17), 18): 9, ((5,), 18): 1})) == \
+        "5, 11, 17 of 18 (1 requests differ)"
+    assert layers_text(Counter({((0, 1, 2, 5), 8): 1})) == "0–2, 5 of 8"

@@ -59,6 +59,27 @@ def cache_bytes(cache: Any) -> tuple[int, int]:
     return total, longest
 
 
+def layer_record(cache: Any, n_positions: int) -> dict[str, Any]:
+    """Per layer: tokens and bytes held, and which layers hold fewer tokens than were fed.
+
+    kvpress compresses only some layers of some architectures (Gemma 3's sliding-window layers
+    are skipped), so a policy's reach is measured here, not assumed. Masking presses (AdaKV)
+    keep every token: their layers do not count as compressed, and their bytes say so.
+    """
+    tokens, nbytes = [], []
+    for layer in getattr(cache, "layers", []):
+        if hasattr(layer, "stored_bytes"):
+            tokens.append(int(layer.get_seq_length()))
+            nbytes.append(int(layer.stored_bytes()))
+            continue
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        empty = not isinstance(keys, torch.Tensor) or keys.numel() == 0
+        tokens.append(0 if empty else int(keys.shape[-2]))
+        nbytes.append(0 if empty else int(keys.nbytes + values.nbytes))
+    return {"kv_layer_tokens": tokens, "kv_layer_bytes": nbytes,
+            "layers_compressed": [i for i, t in enumerate(tokens) if t < n_positions]}
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -330,6 +351,7 @@ class HFEngine:
     def accounting_notes(self, state: PrefillState) -> dict[str, Any]:
         """Payload and true ratios against a 16-bit cache, with the nominal budget applied."""
         notes = cache_accounting(state.cache, state.n_positions, self.model.config, self.dtype)
+        notes.update(layer_record(state.cache, state.n_positions))
         for key in ("kv_budget_nominal", "fits_budget"):
             if key in state.applied:
                 notes[key] = state.applied[key]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +398,33 @@ def _summary(d: Row, setup: Row, findings: list[str]) -> str:
             f"({span}) and {setup['n_evaluated']} evaluated requests. {headline}").strip()
 
 
+def _spans(indices: tuple[int, ...]) -> str:
+    """``0–3, 5, 11`` from sorted layer indices."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def layers_text(counts: Counter | None) -> str:
+    """The layers a setting's requests held fewer tokens in than they were fed: the commonest
+    set, and how many requests differ (a press may skip a layer on short inputs)."""
+    if not counts:
+        return "—"
+    (compressed, n_layers), most = counts.most_common(1)[0]
+    if not compressed:
+        text = "none"
+    elif len(compressed) == n_layers:
+        text = f"all {n_layers}"
+    else:
+        text = f"{_spans(compressed)} of {n_layers}"
+    others = sum(counts.values()) - most
+    return text + (f" ({others} requests differ)" if others else "")
+
+
 def _accounting(conn: sqlite3.Connection, d: Row) -> Row:
     """Per run: nominal budget vs payload and true ratios against a 16-bit cache (means of the
     per-request figures the engine measured from the stored tensors)."""
@@ -406,16 +433,21 @@ def _accounting(conn: sqlite3.Connection, d: Row) -> Row:
     from kv_transition.kv.quant.accounting import ratios_from_notes
 
     notes: dict[int, list[Row]] = defaultdict(list)
+    layers: dict[int, Counter] = defaultdict(Counter)
     for r in queries.request_rows(conn, d["experiment"]["exp_group_id"]):
-        n = ratios_from_notes(json.loads(r["notes_json"] or "{}"))
+        raw = json.loads(r["notes_json"] or "{}")
+        n = ratios_from_notes(raw)
         if n is not None:
             notes[r["run_id"]].append(n)
+        if raw.get("kv_layer_tokens") is not None:
+            layers[r["run_id"]][(tuple(raw["layers_compressed"]), len(raw["kv_layer_tokens"]))] += 1
     mean = lambda rows, k: (sum(r[k] for r in rows) / len(rows)  # noqa: E731
                             if rows and all(r.get(k) is not None for r in rows) else None)
     rows = [{"setting": run["label"], "budget": f"{float(run['kv_budget']):g}",
              "nominal": fmt(mean(notes[run["run_id"]], "kv_budget_nominal")),
              "payload": fmt(mean(notes[run["run_id"]], "kv_ratio_payload")),
-             "true": fmt(mean(notes[run["run_id"]], "kv_ratio_true"))}
+             "true": fmt(mean(notes[run["run_id"]], "kv_ratio_true")),
+             "layers": layers_text(layers.get(run["run_id"]))}
             for run in d["runs"] if notes.get(run["run_id"])]
     caveats = sorted({n["kv_ratio_note"] for rows_ in notes.values() for n in rows_
                       if n.get("kv_ratio_note")})
