@@ -191,6 +191,16 @@ class QuantConfig(_Strict):
         return self
 
 
+class IntegrityConfig(_Strict):
+    check: bool = Field(
+        True, description="hf engine: before a compressing policy's requests run, check its "
+        "integration with the model (sliding-window layers left alone, the press applied, "
+        "budget 0.9 close to the full cache); a failure is exit 2.")
+    max_kl: float = Field(
+        1.0, gt=0.0, description="Largest KL divergence (nats) of the next-token distribution "
+        "at budget 0.9 from the full cache's on the warm-up prompt.")
+
+
 class KVConfig(_Strict):
     policy: str | None = Field(None, description="A single policy (shorthand for policies).")
     policies: list[str] = Field(
@@ -204,6 +214,7 @@ class KVConfig(_Strict):
         "context is compressed first and the question asked after it.")
     press: PressConfig = Field(default_factory=PressConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
     shared_prefill: bool = Field(
         True, description="hf engine: prefill each example once and derive every budget's cache "
         "from it, for policies where that is exact (identical answers, far fewer prefills). "

@@ -356,9 +356,25 @@ CREATE INDEX leases_by_worker ON leases(worker);
 -- a claim walks pending requests in entry order and stops after a few entries
 CREATE INDEX requests_by_entry ON requests(entry_id, run_id);
 """),
+    (7, "integrity checks", """
+-- Each compressing policy's integration with the model, checked before its requests run
+-- (issue 16, engines/integrity.py): sliding-window layers left alone, the press applied at
+-- all, a mild budget close to the full cache. A failed check is exit 2 and is not stored.
+CREATE TABLE integrity_checks (
+    exp_group_id TEXT NOT NULL REFERENCES experiments(exp_group_id),
+    model_name   TEXT NOT NULL,
+    kv_policy    TEXT NOT NULL,
+    model_class  TEXT NOT NULL,
+    passed       INTEGER NOT NULL,
+    checks_json  TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (exp_group_id, model_name, kv_policy)
+);
+"""),
 ]
 
 TABLES = (
     "experiments", "datasets", "examples", "bins", "manifest_entries", "runs", "requests",
     "responses", "telemetry", "scores", "failures", "bin_stats", "transition_summary",
+    "integrity_checks",
 )

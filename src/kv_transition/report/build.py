@@ -463,6 +463,20 @@ def _systems_mode(config: Row) -> str | None:
     return model.get("shape") if model.get("init") == "random" else None
 
 
+def _integrity(conn: sqlite3.Connection, exp_group_id: str) -> list[Row]:
+    """The integration checks each compressing policy passed before its requests ran."""
+    import json
+
+    has = conn.execute("SELECT 1 FROM sqlite_master WHERE name='integrity_checks'").fetchone()
+    if not has:
+        return []
+    rows = conn.execute("SELECT kv_policy, model_class, passed, checks_json FROM "
+                        "integrity_checks WHERE exp_group_id=? ORDER BY kv_policy",
+                        (exp_group_id,)).fetchall()
+    return [{"policy": r[0], "model_class": r[1], "passed": bool(r[2]),
+             "checks": "; ".join(c["detail"] for c in json.loads(r[3]))} for r in rows]
+
+
 def report_context(conn: sqlite3.Connection, exp_group_id: str, run_dir: Path) -> Row:
     d = _load(conn, exp_group_id)
     setup = _setup(conn, d)
@@ -482,6 +496,7 @@ def report_context(conn: sqlite3.Connection, exp_group_id: str, run_dir: Path) -
         "methods": _methods(d), "power": _power_line(d),
         "failures": _failures(d), "limitations": _limitations(d, random_model),
         "mem_scope": scope_label(_scopes(d)), "accounting": _accounting(conn, d),
+        "integrity": _integrity(conn, exp_group_id),
         "sds": sds_section(conn, exp_group_id, run_dir),  # None: no SDS data, no section
         "novelty": novelty_link_section(conn, exp_group_id),  # None: no novelty probe rows
     }

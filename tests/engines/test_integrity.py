@@ -1,0 +1,90 @@
+"""The integrity check stops a policy integrated wrongly with the model before it reports."""
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kvt_testkit import write_config
+from kv_transition.cli import app
+from kv_transition.engines.hf import HFEngine
+from kv_transition.engines.integrity import check_policy, sliding_layers
+from kv_transition.settings import KVConfig, ModelConfig, PressConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(models_root, tmp_path_factory):
+    """A random-weight Gemma 3 text model: three sliding-window layers, one global, built here
+    (no download) with the builtin tiny model's tokenizer. kvpress hooks every layer of
+    Gemma3ForCausalLM, the integration fault reported in issue 16."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    source = next(models_root.glob("builtin-tiny-random*"))
+    out = tmp_path_factory.mktemp("tiny-gemma3")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, out / name)
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1,
+                              head_dim=32, sliding_window=32, max_position_embeddings=2048,
+                              layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def llama(models_root):
+    return HFEngine(ModelConfig(device="cpu", dtype="float32"), PressConfig(), models_root)
+
+
+@pytest.mark.parametrize("policy", ["snapkv", "streamingllm", "h2o", "knorm"])
+def test_a_correct_integration_passes(llama, policy):
+    verdict = check_policy(llama, policy)
+    assert verdict.passed, verdict.failure()
+    assert {c["check"] for c in verdict.checks} == {"bounded_layers", "applied", "mild_budget"}
+
+
+def test_sliding_window_layers_compressed_fail_the_check(tiny_gemma3, models_root):
+    engine = HFEngine(ModelConfig(name=str(tiny_gemma3), device="cpu", dtype="float32"),
+                      PressConfig(), models_root)
+    assert sliding_layers(engine.model) == [0, 1, 2]
+    verdict = check_policy(engine, "snapkv")
+    assert not verdict.passed
+    failed = [c for c in verdict.checks if not c["passed"]]
+    assert [c["check"] for c in failed] == ["bounded_layers"]
+    assert "Gemma3ForCausalLM" in verdict.failure() and "[0, 1, 2]" in verdict.failure()
+
+
+def test_a_press_that_compresses_nothing_fails(llama, monkeypatch):
+    # injected fault: the engine gets no press for snapkv, as with a press that only works
+    # inside kvpress's own pipeline; its answers would be the full cache's, labelled snapkv
+    import kv_transition.engines.hf as hf
+
+    real = hf.make_press
+    monkeypatch.setattr(hf, "make_press", lambda policy, *a: (None, {}) if policy == "snapkv"
+                        else real(policy, *a))
+    verdict = check_policy(llama, "snapkv")
+    assert [c["check"] for c in verdict.checks if not c["passed"]] == ["applied"]
+    assert "compressed no layer" in verdict.failure()
+
+
+def test_run_stops_with_exit_2_and_writes_nothing(tiny_gemma3, tmp_path, home):
+    cfg = write_config(tmp_path / "g.yaml", model={"name": str(tiny_gemma3), "dtype": "float32",
+                                                   "device": "cpu"})
+    runner = CliRunner()
+    assert runner.invoke(app, ["prepare", "-c", str(cfg)]).exit_code == 0
+    db = home / "runs" / "tiny" / "kv_transition.sqlite"
+    before = list(sqlite3.connect(db).iterdump())
+    result = runner.invoke(app, ["run", "-c", str(cfg), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "integrity check failed for policy 'snapkv' on Gemma3ForCausalLM" in result.output
+    assert "Traceback" not in result.output
+    assert list(sqlite3.connect(db).iterdump()) == before
+    # with the check off, the run goes ahead (and would report the fault as compression)
+    off = runner.invoke(app, ["run", "-c", str(cfg), "--no-progress", "--set",
+                              "kv.integrity.check=false"])
+    assert off.exit_code == 0, off.output
