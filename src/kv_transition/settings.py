@@ -103,6 +103,10 @@ class ModelConfig(_Strict):
     attn_implementation: str | None = Field(
         None, description="transformers attention implementation; unset picks 'sdpa', or "
         "'eager' for policies that need attention weights (h2o).")
+    threads: int | None = Field(
+        None, ge=1, description="hf engine on CPU: torch threads (torch.set_num_threads). "
+        "Unset keeps torch's default (one per core). On a machine other jobs share, fewer "
+        "threads than cores is often faster: benchmarks/engine_overhead.py measures it.")
 
 
     @model_validator(mode="after")

@@ -95,3 +95,12 @@ def test_each_request_records_the_layers_its_policy_compressed(engine):
     assert half.notes["layers_compressed"] == list(range(n_layers))
     assert sum(half.notes["kv_layer_bytes"]) == half.kv_bytes
     assert all(t < full.notes["kv_layer_tokens"][0] for t in half.notes["kv_layer_tokens"])
+
+
+def test_model_threads_sets_torchs_cpu_threads(models_root):
+    before = torch.get_num_threads()
+    try:
+        HFEngine(ModelConfig(device="cpu", dtype="float32", threads=1), PressConfig(), models_root)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

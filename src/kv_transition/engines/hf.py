@@ -122,6 +122,8 @@ class HFEngine:
         self.press_options = press_cfg.model_dump()
         self.quant_cfg = quant_cfg or QuantConfig()
         self.device = _resolve_device(model_cfg.device)
+        if model_cfg.threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(model_cfg.threads)  # process-wide: one engine per process
         self.dtype = _resolve_dtype(model_cfg.dtype, self.device)
         self.path = resolve_model_path(tokenizer_source(model_cfg), models_root)
         self.attn = model_cfg.attn_implementation or "sdpa"
