@@ -40,9 +40,19 @@ def test_refine_grows_only_inconclusive_bins_and_resumes(home, tmp_path):
         "SELECT rationale_json FROM transition_summary")]
     weak = {b for r in rationales for b in r.get("inconclusive_bins", [])}
     refs = {b for r in rationales if r.get("inconclusive_bins") for b in r["reference_bins"]}
+    hash_before = conn.execute("SELECT manifest_hash FROM datasets").fetchone()[0]
     result = cli("refine", "-c", cfg, "--no-progress")
     assert result.exit_code == 0, result.output
     after = _sizes(db_file(home))
+    # the grown manifest has a new hash, the hash of what it now holds
+    from kv_transition.data.manifest import manifest_from_db, manifest_hash
+
+    conn.row_factory = sqlite3.Row
+    ds_id = conn.execute("SELECT dataset_id FROM datasets").fetchone()[0]
+    stored = manifest_from_db(conn, ds_id)
+    conn.row_factory = None
+    assert stored["manifest_hash"] != hash_before
+    assert stored["manifest_hash"] == manifest_hash(stored)
     grown = {b for b in after if after[b] > before[b]}
     assert grown and grown <= weak | refs  # nothing else grows
     assert all(after[b] <= 6 for b in after)

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from kv_transition import paths, pipeline
 from kv_transition.analysis import queries
 from kv_transition.analysis.transition import growth_plan, planned_looks
+from kv_transition.data.manifest import manifest_from_db, manifest_hash, save_manifest_json
 from kv_transition.db.connect import transaction
 from kv_transition.errors import BadInput
 
@@ -122,6 +123,9 @@ def _add_round(conn: sqlite3.Connection, ds_id: str, picked: dict[int, list],
                          (after, ds_id, b))
             conn.execute("INSERT INTO refine_rounds VALUES (?,?,?,?,?,?)",
                          (ds_id, round_no, b, before, after, now))
+        if grown:  # the manifest now has more entries: its hash must say so
+            conn.execute("UPDATE datasets SET manifest_hash = ? WHERE dataset_id = ?",
+                         (manifest_hash(manifest_from_db(conn, ds_id)), ds_id))
     return grown
 
 
@@ -134,8 +138,6 @@ def _complete(exp: pipeline.Experiment, show_progress: bool) -> None:
 
 def refine(exp: pipeline.Experiment, show_progress: bool = True) -> RefineResult:
     """Grow inconclusive bins until the verdicts are decisive or the budget is spent."""
-    from kv_transition.data.manifest import manifest_from_db, save_manifest_json
-
     max_n = _max_n(exp)
     conn = exp.connect(must_exist=True)
     ds_id = pipeline.current_dataset(conn, exp)

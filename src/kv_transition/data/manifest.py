@@ -47,9 +47,14 @@ def build_manifest(ds_id: str, settings: Settings, tokenizer_id: str, bins: list
         "entries": [{"example_id": ex, "bin_idx": b.bin_idx, "token_len": lengths[ex]}
                     for b in bins for ex in b.members],
     }
-    body["manifest_hash"] = hashlib.sha256(
-        json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    body["manifest_hash"] = manifest_hash(body)
     return body
+
+
+def manifest_hash(manifest: dict) -> str:
+    """Identity of a manifest's content (its own hash field left out)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def write_manifest(conn: sqlite3.Connection, manifest: dict, examples: dict[str, Example],
