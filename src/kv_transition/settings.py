@@ -213,6 +213,10 @@ class KVConfig(_Strict):
     budgets: list[float] = Field(
         [1.0, 0.5, 0.2], description="Fractions of the full KV cache kept, in (0, 1]; 1.0 is "
         "the uncompressed baseline, run once as policy 'full'.")
+    budget_tokens: list[int] = Field(
+        default_factory=list, description="Budgets as a number of context tokens kept (each "
+        "at least 2), beside the fractions: the same grid, analysis and plots; a context no "
+        "longer than the budget is kept whole. Eviction policies only.")
     query_aware: bool = Field(
         False, description="true: the question is inside the compressed prefill; false: the "
         "context is compressed first and the question asked after it.")
@@ -230,6 +234,14 @@ class KVConfig(_Strict):
         bad = [b for b in v if not 0.0 < b <= 1.0]
         if bad or not v:
             raise ValueError(f"budgets must be a non-empty list of numbers in (0, 1]; got {bad or v}")
+        return sorted(set(v), reverse=True)
+
+    @field_validator("budget_tokens")
+    @classmethod
+    def _token_range(cls, v: list[int]) -> list[int]:
+        bad = [t for t in v if t < 2]
+        if bad:
+            raise ValueError(f"budget_tokens must be whole numbers of tokens >= 2; got {bad}")
         return sorted(set(v), reverse=True)
 
     @model_validator(mode="before")
@@ -258,7 +270,7 @@ class KVConfig(_Strict):
         for name, definition in self.press.custom.items():
             register_custom(name, definition)
         # unknown names, bad compositions, budgets a quantized policy cannot realise
-        check_policies(self.all_policies(), self.budgets, self.quant)
+        check_policies(self.all_policies(), self.budgets, self.quant, self.budget_tokens)
         return self
 
     def all_policies(self) -> list[str]:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from kv_transition.analysis import queries
 from kv_transition.analysis.aggregate import run_memory
+from kv_transition.kv.registry import budget_label, is_token_budget
 
 PLOT_NAMES = ("acc_vs_len.png", "std_vs_len.png", "failrate_vs_len.png", "flip_vs_len.png",
               "latency_vs_len.png", "mem_vs_budget.png", "acc_vs_kv_memory.png")
@@ -34,7 +35,7 @@ Row = dict[str, Any]
 
 def run_label(run: Row, many_datasets: bool = False) -> str:
     label = "full (1.0)" if queries.is_baseline(run) else \
-        f"{run['kv_policy']} ({float(run['kv_budget']):g})"
+        f"{run['kv_policy']} ({budget_label(float(run['kv_budget']))})"
     return f"{label} [{run['dataset_name']}]" if many_datasets else label
 
 
@@ -149,7 +150,9 @@ def _budget_panel(ax, runs: list[Row], styles: dict[int, Row], values: dict[int,
     """One line per policy over budgets; the full-cache baseline as a single black star."""
     by_policy: dict[str, list[Row]] = defaultdict(list)
     for run in runs:
-        by_policy[run["kv_policy"]].append(run)
+        # the x axis is the fraction kept; budgets in tokens are on the measured-memory plots
+        if not is_token_budget(float(run["kv_budget"])):
+            by_policy[run["kv_policy"]].append(run)
     drawn = False
     for policy in sorted(by_policy):
         pts = sorted(by_policy[policy], key=lambda r: float(r["kv_budget"]))
@@ -231,7 +234,7 @@ def _acc_memory_plot(conn: sqlite3.Connection, exp_group_id: str, runs: list[Row
                     label="full (1.0)" if base else policy)
         labels: dict[tuple[float, float], list[str]] = defaultdict(list)
         for x, y, r in zip(xs, ys, pts):  # the budget next to where the bytes really landed
-            labels[(x, y)].append(f"{float(r['kv_budget']):g}")
+            labels[(x, y)].append(budget_label(float(r["kv_budget"])))
         for (x, y), texts in labels.items():
             ax.annotate(", ".join(texts), (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7)

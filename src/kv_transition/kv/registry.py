@@ -112,7 +112,8 @@ def policy_spec(name: str) -> PolicySpec:
             raise BadInput(str(exc)) from None
 
 
-def check_policies(names: list[str], budgets: list[float], quant_cfg) -> None:
+def check_policies(names: list[str], budgets: list[float], quant_cfg,
+                   budget_tokens: list[int] = ()) -> None:
     """Config-time check of every policy x budget cell; ValueError names what cannot run."""
     from kv_transition.errors import BadInput
     from kv_transition.kv.quant.policies import check_setting
@@ -122,11 +123,23 @@ def check_policies(names: list[str], budgets: list[float], quant_cfg) -> None:
             policy_spec(name)
         except BadInput as exc:
             raise ValueError(str(exc)) from None
+        if budget_tokens and policy_spec(name).quant is not None:
+            raise ValueError(f"policy {name!r}: kv.budget_tokens applies to eviction policies; "
+                             "a quantized cache's widths are chosen from a fraction (kv.budgets)")
         if name in CUSTOM:  # a press definition: checked when it was registered
             continue
         for budget in budgets:
             if budget < 1.0:
                 check_setting(name, budget, quant_cfg, EVICTION_POLICIES)
+
+
+def is_token_budget(budget: float) -> bool:
+    """Budgets above 1 count tokens kept (kv.budget_tokens); at most 1, a fraction."""
+    return budget > 1.0
+
+
+def budget_label(budget: float) -> str:
+    return f"{int(budget)} tok" if is_token_budget(budget) else f"{budget:g}"
 
 
 def make_press(name: str, budget: float, n_context_tokens: int, options: dict[str, Any] | None = None):
@@ -135,6 +148,13 @@ def make_press(name: str, budget: float, n_context_tokens: int, options: dict[st
     Returns ``(press, applied)`` where ``applied`` records the parameters actually used, since
     a window clamped to a short context changes what the policy does.
     """
+    if budget > 1.0:  # a budget in tokens (kv.budget_tokens): this context's fraction
+        # kvpress keeps int(n * (1 - ratio)) tokens: half a token of slack makes it exactly N
+        fraction = min(1.0, (budget + 0.5) / max(1, n_context_tokens))
+        if fraction >= 1.0:
+            return None, {"policy": name, "budget_tokens": int(budget), "compression_ratio": 0.0}
+        press, applied = make_press(name, fraction, n_context_tokens, options)
+        return press, {**applied, "budget_tokens": int(budget)}
     spec = policy_spec(name)
     if spec.quant is not None and budget < 1.0:
         return _quant_press(spec, budget, n_context_tokens, options)

@@ -22,6 +22,7 @@ from kv_transition.analysis.sds import report_section as sds_section
 from kv_transition.probes.report import link_section as novelty_link_section
 from kv_transition.analysis.transition import bin_span, reference_words
 from kv_transition.errors import BadInput
+from kv_transition.kv.registry import budget_label, is_token_budget
 
 Row = dict[str, Any]
 RANDOM_MODEL_PREFIX = "builtin:tiny-random"
@@ -130,8 +131,8 @@ def _setup(conn: sqlite3.Connection, d: Row) -> Row:
         "datasets": ", ".join(f"{ds['name']} / {ds['task']}" for ds in d["datasets"]),
         "policies": ", ".join(_distinct(_compressed(d), "kv_policy")) or "none",
         "baseline": "present" if d["baselines"] else "missing",
-        "budgets": ", ".join(str(b) for b in sorted({float(r["kv_budget"]) for r in runs},
-                                                    reverse=True)),
+        "budgets": ", ".join(budget_label(b) for b in sorted(
+            {float(r["kv_budget"]) for r in runs}, key=lambda b: (is_token_budget(b), -b))),
         "query_aware": ("yes" if query_aware == {True} else "no" if query_aware == {False}
                         else "mixed"),
         "n_requests": d["n_requests"], "n_evaluated": evaluated,
@@ -443,7 +444,7 @@ def _accounting(conn: sqlite3.Connection, d: Row) -> Row:
             layers[r["run_id"]][(tuple(raw["layers_compressed"]), len(raw["kv_layer_tokens"]))] += 1
     mean = lambda rows, k: (sum(r[k] for r in rows) / len(rows)  # noqa: E731
                             if rows and all(r.get(k) is not None for r in rows) else None)
-    rows = [{"setting": run["label"], "budget": f"{float(run['kv_budget']):g}",
+    rows = [{"setting": run["label"], "budget": budget_label(float(run["kv_budget"])),
              "nominal": fmt(mean(notes[run["run_id"]], "kv_budget_nominal")),
              "payload": fmt(mean(notes[run["run_id"]], "kv_ratio_payload")),
              "true": fmt(mean(notes[run["run_id"]], "kv_ratio_true")),

@@ -22,6 +22,8 @@ def plan_grid(settings: Settings) -> list[tuple[str, float]]:
         if policy == BASELINE_POLICY:
             continue
         grid += [(policy, b) for b in settings.kv.budgets if b < 1.0]
+        # budgets in tokens ride in the same column; values above 1 are token counts
+        grid += [(policy, float(t)) for t in settings.kv.budget_tokens]
     return grid
 
 
