@@ -139,6 +139,9 @@ def test_ray_matches_local_redoes_a_killed_shard_and_records_one_that_keeps_fail
         "JOIN requests r USING(request_id) WHERE r.entry_id=?", (doomed,)).fetchall()
     assert len(failed) == 3
     assert all(f == "error" and "shard failed 2 times" in raw for _, f, raw in failed)
+    # an actor checked each compressing policy's integration before any request ran
+    checked = conn.execute("SELECT kv_policy, passed FROM integrity_checks").fetchall()
+    assert sorted(checked) == [("snapkv", 1), ("streamingllm", 1)]
 
 
 def test_killed_ray_driver_resumes(home, tiny_config, cluster):

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kv_transition.db.connect import transaction
 from kv_transition.kv.registry import BASELINE_POLICY
+from kv_transition.run.integrity import check_integrity, store_verdicts
 from kv_transition.run.leases import POLL_S, Claimer
 from kv_transition.run.runner import Setting, compute_all, ensure_requests, entry_tasks, record
 from kv_transition.settings import Settings
@@ -113,39 +114,6 @@ def run_grid(conn: sqlite3.Connection, settings: Settings, ds_id: str, engine_fa
             return _work_through(conn, engine, claimer, groups, runs, settings, bar)
     finally:
         engine.close()
-
-
-def check_integrity(settings: Settings, engine, grid: list[Setting]) -> list:
-    """Each compressing policy's integration with the model, checked before its requests run
-    (engines/integrity.py); a failure is exit 2, before anything is written."""
-    from kv_transition.kv.registry import policy_spec
-
-    policies = sorted({p for p, b in grid if b < 1.0 and policy_spec(p).press is not None})
-    if not settings.kv.integrity.check or not policies or not hasattr(engine, "prefill"):
-        return []
-    # imported only now: it imports torch, which an HTTP-only run never needs
-    from kv_transition.engines.integrity import check_policy
-    from kv_transition.errors import BadInput
-
-    verdicts = [check_policy(engine, p, settings.kv.integrity.max_kl) for p in policies]
-    failed = [v for v in verdicts if not v.passed]
-    if failed:
-        raise BadInput("\n".join(v.failure() for v in failed))
-    return verdicts
-
-
-def store_verdicts(conn: sqlite3.Connection, settings: Settings, verdicts: list) -> None:
-    import json
-
-    if not verdicts:
-        return
-    now = datetime.now(timezone.utc).isoformat()
-    with transaction(conn):
-        conn.executemany(
-            "INSERT OR REPLACE INTO integrity_checks(exp_group_id, model_name, kv_policy, "
-            "model_class, passed, checks_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(settings.output.exp_group_id, settings.model.name, v.policy, v.model_class,
-              int(v.passed), json.dumps(v.checks), now) for v in verdicts])
 
 
 def _work_through(conn: sqlite3.Connection, engine, claimer: Claimer, groups: list, runs: dict,

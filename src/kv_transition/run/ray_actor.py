@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kv_transition.errors import BadInput
+from kv_transition.run.integrity import check_integrity
 from kv_transition.run.runner import Answer, EntryTask, Setting, compute_all
 from kv_transition.settings import Settings
 
@@ -45,6 +46,13 @@ class SweepActor:
     def ready(self) -> tuple[int, str | None]:
         """(pid, bad-input message or None), once the model is loaded."""
         return os.getpid(), self.error
+
+    def integrity(self, grid: list[Setting]) -> tuple[list, str | None]:
+        """(verdicts, failure message or None) of the integrity check on this actor's model."""
+        try:
+            return check_integrity(self.settings, self.engine, grid), None
+        except BadInput as exc:
+            return [], str(exc)
 
     def answer(self, group: tuple[Setting, ...], tasks: list[EntryTask]) -> Iterator[list[Answer]]:
         """Yield each entry's answers as soon as they exist (a Ray streaming generator), so a

@@ -20,6 +20,7 @@ from typing import Callable
 
 from kv_transition.engines.base import EngineError
 from kv_transition.errors import BadInput
+from kv_transition.run.integrity import store_verdicts
 from kv_transition.run.leases import POLL_S, Claimer
 from kv_transition.run.orchestrate import Bar, ensure_run, plan_grid, progress_bar
 from kv_transition.run.ray_actor import SweepActor, actor_base_url
@@ -102,7 +103,13 @@ def run_ray(conn: sqlite3.Connection, settings: Settings, ds_id: str,
     try:
         n = _num_actors(ray, settings.run.ray, total)
         pool = ActorPool(ray, settings, models_root, plan_grid(settings), n)
+        # one actor checks each policy's integration before any row is written
+        verdicts, failure = ray.get(pool.actors[0].integrity.remote(
+            [s for group in groups for s in group]))
+        if failure:
+            raise BadInput(failure)
         on_start()
+        store_verdicts(conn, settings, verdicts)
         runs = {s: ensure_run(conn, settings, ds_id, *s) for group in groups for s in group}
         with Claimer(conn, settings.run.lease_s) as claimer, \
                 progress_bar(show_progress) as progress:
