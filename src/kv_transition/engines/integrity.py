@@ -122,7 +122,7 @@ def check_policy(engine, policy: str, max_kl: float = MAX_KL) -> Verdict:
     verdict.checks.append({
         "check": "mild_budget", "passed": kl <= max_kl, "kl_nats": round(kl, 6),
         "max_kl": max_kl,
-        "detail": f"at budget {MILD_BUDGET} the next-token distribution moved {kl:.3f} nats "
+        "detail": f"at budget {MILD_BUDGET} the next-token distribution moved {kl:.2g} nats "
                   f"from the full cache's (allowed {max_kl})"})
     verdict.passed = all(c["passed"] for c in verdict.checks)
     return verdict
