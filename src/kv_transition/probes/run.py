@@ -20,7 +20,6 @@ import numpy as np
 from kv_transition import paths
 from kv_transition.db.connect import transaction
 from kv_transition.errors import BadInput
-from kv_transition.kv.registry import BASELINE_POLICY
 from kv_transition.probes import db
 from kv_transition.probes.capture import KVCapture, captured_targets, resolve_heads, resolve_layers
 from kv_transition.probes.compression import n_kv_heads, run_press
@@ -30,6 +29,7 @@ from kv_transition.probes.series import (layer_series, link_rows, predictive_ser
                                          segment_slice, series_stats)
 from kv_transition.probes.store import DBSink, NpzSink, load_db, load_npz
 from kv_transition.probes.transitions import token_pieces, transition_mask
+from kv_transition.run.orchestrate import plan_grid
 
 
 @dataclass
@@ -62,9 +62,9 @@ class _Probe:
 
 
 def _policy_grid(settings) -> list[tuple[str, float]]:
-    """Every compressed setting of the experiment's kv section (budget 1.0 keeps everything)."""
-    return [(p, b) for p in settings.kv.all_policies() if p != BASELINE_POLICY
-            for b in settings.kv.budgets if b < 1.0]
+    """The run's grid (one builder: run/orchestrate.py) without its baseline; budgets in tokens
+    are left out, since the probe compares kept fractions across contexts."""
+    return [(p, b) for p, b in plan_grid(settings) if b < 1.0]
 
 
 def _load_engine(exp):
