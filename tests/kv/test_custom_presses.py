@@ -48,6 +48,12 @@ def test_press_runs_with_the_budget_applied(engine, name):
         assert ratio < 0.6  # about half the context dropped; the question is kept whole
     else:  # masks or zeroes: the bytes stay, which the report must say (honest memory)
         assert ratio == pytest.approx(1.0, abs=0.01)
+    seen, full_seen = half.notes["kv_attended_fraction"], full.notes["kv_attended_fraction"]
+    assert full_seen == pytest.approx(1.0)
+    if name in ("AdaKVPress", "CriticalAdaKVPress"):  # masked: attention sees about half
+        assert seen < 0.6 and sum(half.notes["kv_layer_masked"]) > 0
+    elif name == "ThinKPress":  # every token stays visible; key channels are zeroed
+        assert seen == pytest.approx(1.0)
 
 
 def test_a_defined_snapkv_answers_like_the_built_in_one(engine, models_root):

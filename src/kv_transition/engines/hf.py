@@ -59,12 +59,33 @@ def cache_bytes(cache: Any) -> tuple[int, int]:
     return total, longest
 
 
-def layer_record(cache: Any, n_positions: int) -> dict[str, Any]:
+def _masked_per_layer(model: Any, n_layers: int) -> list[int]:
+    """Key entries (head x token) a masking press (AdaKV, CriticalAdaKV) hides from attention
+    without dropping them: kvpress's attention patch reads ``masked_key_indices``."""
+    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    counts = []
+    for layer in list(layers)[:n_layers]:
+        masked = getattr(layer.self_attn, "masked_key_indices", None)
+        counts.append(0 if masked is None else int(len(masked[0])))
+    return counts + [0] * (n_layers - len(counts))
+
+
+def clear_masks(model: Any) -> None:
+    """Forget a previous request's head-wise masks (kvpress clears them only in the attention
+    implementations it patches; the eager one H2O needs is not among them)."""
+    for layer in getattr(getattr(model, "model", None), "layers", None) or []:
+        if getattr(layer.self_attn, "masked_key_indices", None) is not None:
+            layer.self_attn.masked_key_indices = None
+
+
+def layer_record(cache: Any, n_positions: int, model: Any = None) -> dict[str, Any]:
     """Per layer: tokens and bytes held, and which layers hold fewer tokens than were fed.
 
     kvpress compresses only some layers of some architectures (Gemma 3's sliding-window layers
     are skipped), so a policy's reach is measured here, not assumed. Masking presses (AdaKV)
-    keep every token: their layers do not count as compressed, and their bytes say so.
+    keep every token: their layers do not count as compressed, and their bytes say so; with
+    ``model``, the entries they hide are counted, so ``kv_attended_fraction`` says what
+    attention actually sees (head x token entries, over every layer).
     """
     tokens, nbytes = [], []
     for layer in getattr(cache, "layers", []):
@@ -76,8 +97,17 @@ def layer_record(cache: Any, n_positions: int) -> dict[str, Any]:
         empty = not isinstance(keys, torch.Tensor) or keys.numel() == 0
         tokens.append(0 if empty else int(keys.shape[-2]))
         nbytes.append(0 if empty else int(keys.nbytes + values.nbytes))
-    return {"kv_layer_tokens": tokens, "kv_layer_bytes": nbytes,
-            "layers_compressed": [i for i, t in enumerate(tokens) if t < n_positions]}
+    record = {"kv_layer_tokens": tokens, "kv_layer_bytes": nbytes,
+              "layers_compressed": [i for i, t in enumerate(tokens) if t < n_positions]}
+    if model is not None:
+        heads = getattr(model.config, "num_key_value_heads", None) or \
+            model.config.num_attention_heads
+        masked = _masked_per_layer(model, len(tokens))
+        entries = heads * sum(tokens)
+        record["kv_layer_masked"] = masked
+        record["kv_attended_fraction"] = (entries - sum(masked)) / (heads * n_positions *
+                                                                   len(tokens)) if tokens else None
+    return record
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -214,6 +244,7 @@ class HFEngine:
         # quantization policies bring their own cache; it quantizes what the press kept
         cache, quant_applied = make_cache(policy, budget, self.quant_cfg, self.model.config)
         applied = {**applied, **quant_applied}
+        clear_masks(self.model)
         start = self.now()
         with compressing(self.model, press, cache):
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -353,7 +384,7 @@ class HFEngine:
     def accounting_notes(self, state: PrefillState) -> dict[str, Any]:
         """Payload and true ratios against a 16-bit cache, with the nominal budget applied."""
         notes = cache_accounting(state.cache, state.n_positions, self.model.config, self.dtype)
-        notes.update(layer_record(state.cache, state.n_positions))
+        notes.update(layer_record(state.cache, state.n_positions, self.model))
         for key in ("kv_budget_nominal", "fits_budget"):
             if key in state.applied:
                 notes[key] = state.applied[key]

@@ -76,12 +76,13 @@ def prefill_settings(engine, ids: torch.Tensor, settings: list[Setting]):
     """One forward over ``ids``; returns ({setting: PrefillState}, forward seconds, compress seconds)."""
     from transformers import DynamicCache
 
-    from kv_transition.engines.hf import PrefillState, cache_bytes
+    from kv_transition.engines.hf import PrefillState, cache_bytes, clear_masks
 
     presses, applied = {}, {}
     for policy, budget in settings:
         presses[(policy, budget)], applied[(policy, budget)] = make_press(
             policy, budget, ids.shape[1], engine.press_options)
+    clear_masks(engine.model)  # shared presses drop tokens; no earlier request's masks may stay
     hook = _LayerHook(presses, {s: DynamicCache() for s in settings})
     scratch = DynamicCache()  # the forward's own cache; each setting gets its copy in the hook
     start = engine.now()
