@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kv_transition.errors import BadInput
+from kv_transition.model_shapes import SHAPES
 from kv_transition.press_catalog import NamedPressDef, PressDef
 
 SYNTHETIC_TASKS = (
@@ -108,12 +109,9 @@ class ModelConfig(_Strict):
         "Unset keeps torch's default (one per core). On a machine other jobs share, fewer "
         "threads than cores is often faster: benchmarks/engine_overhead.py measures it.")
 
-
     @model_validator(mode="after")
     def _shape_for_random(self) -> "ModelConfig":
         if self.init == "random":
-            from kv_transition.engines.shapes import SHAPES
-
             if self.shape not in SHAPES:
                 raise ValueError(f"model.init 'random' needs model.shape, one of: "
                                  f"{', '.join(sorted(SHAPES))}")
