@@ -144,6 +144,11 @@ ABSTRACT = ("BasePress", "ScorerPress")
 LIST_INNER = {"presses"}
 
 
+def observation_window(window: int, n_context_tokens: int) -> int:
+    """SnapKV-style scoring needs more context tokens than its observation window."""
+    return max(1, min(window, n_context_tokens // 2))
+
+
 def runs_offline(info: Press) -> bool:
     """Runs in the hf engine with no download, a budget reaching it (the test suite runs these)."""
     return (info.role != DECODING and not info.unsupported and not info.download
@@ -221,6 +226,10 @@ class PressDef(BaseModel):
         if self.inner is not None and is_list != bool(LIST_INNER & set(info.inner)):
             shape = "a list of presses" if not is_list else "one press"
             raise ValueError(f"{self.press}: 'inner' must be {shape}")
+
+    def tree(self) -> list["PressDef"]:
+        """This press and every press it wraps, outer before inner."""
+        return [self, *(p for i in self.inners() for p in i.tree())]
 
     def inners(self) -> list["PressDef"]:
         if self.inner is None:

@@ -23,7 +23,7 @@ from kv_transition.engines.base import (EngineError, GenerationRequest, Generati
 from kv_transition.engines.builtin import is_builtin, resolve_builtin
 from kv_transition.errors import BadInput
 from kv_transition.kv.quant.accounting import cache_accounting
-from kv_transition.kv.quant.cache import compressing
+from kv_transition.kv.quant.cache import attention_modules, compressing
 from kv_transition.kv.registry import make_cache, make_press, policy_spec
 from kv_transition.settings import ModelConfig, PressConfig, QuantConfig
 
@@ -43,29 +43,33 @@ class PrefillState:
     accounting: dict[str, Any] = field(default_factory=dict)  # ratios vs a 16-bit cache
 
 
-def cache_bytes(cache: Any) -> tuple[int, int]:
-    """(bytes held, tokens held in the longest layer), summed from the real tensors."""
-    total, longest = 0, 0
+def layer_sizes(cache: Any) -> list[tuple[int, int]]:
+    """(tokens, bytes) each layer of ``cache`` holds, from the real tensors; (0, 0) if empty."""
+    sizes = []
     for layer in getattr(cache, "layers", []):
         if hasattr(layer, "stored_bytes"):  # quantized: codes + scales + zero-points + residual
-            total += layer.stored_bytes()
-            longest = max(longest, layer.get_seq_length())
+            sizes.append((int(layer.get_seq_length()), int(layer.stored_bytes())))
             continue
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if keys is None or not isinstance(keys, torch.Tensor) or keys.numel() == 0:
+        if not isinstance(keys, torch.Tensor) or keys.numel() == 0:
+            sizes.append((0, 0))
             continue
-        total += keys.nbytes + values.nbytes
-        longest = max(longest, keys.shape[-2])
-    return total, longest
+        sizes.append((int(keys.shape[-2]), int(keys.nbytes + values.nbytes)))
+    return sizes
+
+
+def cache_bytes(cache: Any) -> tuple[int, int]:
+    """(bytes held, tokens held in the longest layer), summed from the real tensors."""
+    sizes = layer_sizes(cache)
+    return sum(b for _, b in sizes), max((t for t, _ in sizes), default=0)
 
 
 def _masked_per_layer(model: Any, n_layers: int) -> list[int]:
     """Key entries (head x token) a masking press (AdaKV, CriticalAdaKV) hides from attention
     without dropping them: kvpress's attention patch reads ``masked_key_indices``."""
-    layers = getattr(getattr(model, "model", None), "layers", None) or []
     counts = []
-    for layer in list(layers)[:n_layers]:
-        masked = getattr(layer.self_attn, "masked_key_indices", None)
+    for module in attention_modules(model)[:n_layers]:
+        masked = getattr(module, "masked_key_indices", None)
         counts.append(0 if masked is None else int(len(masked[0])))
     return counts + [0] * (n_layers - len(counts))
 
@@ -73,9 +77,9 @@ def _masked_per_layer(model: Any, n_layers: int) -> list[int]:
 def clear_masks(model: Any) -> None:
     """Forget a previous request's head-wise masks (kvpress clears them only in the attention
     implementations it patches; the eager one H2O needs is not among them)."""
-    for layer in getattr(getattr(model, "model", None), "layers", None) or []:
-        if getattr(layer.self_attn, "masked_key_indices", None) is not None:
-            layer.self_attn.masked_key_indices = None
+    for module in attention_modules(model):
+        if getattr(module, "masked_key_indices", None) is not None:
+            module.masked_key_indices = None
 
 
 def layer_record(cache: Any, n_positions: int, model: Any = None) -> dict[str, Any]:
@@ -87,16 +91,8 @@ def layer_record(cache: Any, n_positions: int, model: Any = None) -> dict[str, A
     ``model``, the entries they hide are counted, so ``kv_attended_fraction`` says what
     attention actually sees (head x token entries, over every layer).
     """
-    tokens, nbytes = [], []
-    for layer in getattr(cache, "layers", []):
-        if hasattr(layer, "stored_bytes"):
-            tokens.append(int(layer.get_seq_length()))
-            nbytes.append(int(layer.stored_bytes()))
-            continue
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        empty = not isinstance(keys, torch.Tensor) or keys.numel() == 0
-        tokens.append(0 if empty else int(keys.shape[-2]))
-        nbytes.append(0 if empty else int(keys.nbytes + values.nbytes))
+    sizes = layer_sizes(cache)
+    tokens, nbytes = [t for t, _ in sizes], [b for _, b in sizes]
     record = {"kv_layer_tokens": tokens, "kv_layer_bytes": nbytes,
               "layers_compressed": [i for i, t in enumerate(tokens) if t < n_positions]}
     if model is not None:

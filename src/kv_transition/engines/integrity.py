@@ -63,15 +63,8 @@ def sliding_layers(model) -> list[int]:
 
 def _masks_by_design(policy: str) -> bool:
     definition = policy_spec(policy).definition
-    if definition is None:
-        return False
-    stack = [definition]
-    while stack:
-        node = stack.pop()
-        if not PRESSES[node.press].frees_bytes:
-            return True
-        stack.extend(node.inners())
-    return False
+    return definition is not None and any(not PRESSES[p.press].frees_bytes
+                                          for p in definition.tree())
 
 
 def _warmup_ids(engine, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

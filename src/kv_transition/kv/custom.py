@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from kv_transition.errors import BadInput
-from kv_transition.press_catalog import (LIST_INNER, PRESSES, RATIO, SCORER, PressDef)
+from kv_transition.press_catalog import (LIST_INNER, PRESSES, RATIO, SCORER, PressDef,
+                                         observation_window)
 
 
 def budget_holder(definition: PressDef) -> PressDef | None:
@@ -28,10 +29,6 @@ def budget_holder(definition: PressDef) -> PressDef | None:
     return None
 
 
-def _presses(definition: PressDef) -> list[PressDef]:
-    return [definition, *(p for i in definition.inners() for p in _presses(i))]
-
-
 def spec_fields(name: str, definition: PressDef) -> dict[str, Any]:
     """The registry's ``PolicySpec`` fields for a defined policy; ValueError when no budget
     can reach it."""
@@ -39,7 +36,7 @@ def spec_fields(name: str, definition: PressDef) -> dict[str, Any]:
         raise ValueError(f"policy {name!r} ({definition.describe()}): no press in it takes a "
                          "budget, so kv.budgets would not change what it does; leave one press's "
                          "budget field out of params")
-    presses = _presses(definition)
+    presses = definition.tree()
     # Only a lone scorer is a pure function of one layer's prefill inputs (the condition for
     # the shared prefill); wrappers mask, chunk or re-rotate around the press they wrap.
     alone = len(presses) == 1 and PRESSES[definition.press].role == SCORER
@@ -61,13 +58,11 @@ def _kwargs(definition: PressDef, holder: PressDef, budget: float, n_context_tok
     if definition is holder:
         field, value = _budget_value(definition, budget, n_context_tokens)
         kwargs[field] = value
-    if "window_size" in PRESSES[definition.press].params and definition.press in (
-            "SnapKVPress", "PyramidKVPress"):
-        # as for the built-in policies: an observation window needs more context than itself
+    if definition.press in ("SnapKVPress", "PyramidKVPress"):  # as for the built-in policies
         from kvpress import SnapKVPress
 
         default = kwargs.get("window_size", SnapKVPress.window_size)
-        kwargs["window_size"] = max(1, min(default, n_context_tokens // 2))
+        kwargs["window_size"] = observation_window(default, n_context_tokens)
     return kwargs
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kv_transition.press_catalog import observation_window
+
 BASELINE_POLICY = "full"
 
 
@@ -148,7 +150,7 @@ def make_press(name: str, budget: float, n_context_tokens: int, options: dict[st
     Returns ``(press, applied)`` where ``applied`` records the parameters actually used, since
     a window clamped to a short context changes what the policy does.
     """
-    if budget > 1.0:  # a budget in tokens (kv.budget_tokens): this context's fraction
+    if is_token_budget(budget):  # kv.budget_tokens: this context's fraction
         # kvpress keeps int(n * (1 - ratio)) tokens: half a token of slack makes it exactly N
         fraction = min(1.0, (budget + 0.5) / max(1, n_context_tokens))
         if fraction >= 1.0:
@@ -171,9 +173,8 @@ def make_press(name: str, budget: float, n_context_tokens: int, options: dict[st
     cls = getattr(kvpress, spec.press)
     fields = getattr(cls, "__dataclass_fields__", {})
     if "window_size" in fields:
-        # SnapKV-style scoring needs more context tokens than its observation window.
         default = options.get("window_size", fields["window_size"].default)
-        kwargs["window_size"] = max(1, min(default, n_context_tokens // 2))
+        kwargs["window_size"] = observation_window(default, n_context_tokens)
     if "n_sink" in fields and "n_sink" in options:
         kwargs["n_sink"] = options["n_sink"]
     if "seed" in fields:

@@ -468,9 +468,6 @@ def _integrity(conn: sqlite3.Connection, exp_group_id: str) -> list[Row]:
     """The integration checks each compressing policy passed before its requests ran."""
     import json
 
-    has = conn.execute("SELECT 1 FROM sqlite_master WHERE name='integrity_checks'").fetchone()
-    if not has:
-        return []
     rows = conn.execute("SELECT kv_policy, model_class, passed, checks_json FROM "
                         "integrity_checks WHERE exp_group_id=? ORDER BY kv_policy",
                         (exp_group_id,)).fetchall()
