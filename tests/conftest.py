@@ -46,3 +46,28 @@ def paired_db(tmp_path):
     conn, run_ids = helpers_db.build_experiment(tmp_path / "x.sqlite")
     yield conn, run_ids
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(models_root, tmp_path_factory):
+    """A random-weight Gemma 3 text model: three sliding-window layers, one global, built here
+    (no download) with the builtin tiny model's tokenizer. kvpress hooks every layer of
+    Gemma3ForCausalLM, the integration fault reported in issue 16."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    source = next(models_root.glob("builtin-tiny-random*"))
+    out = tmp_path_factory.mktemp("tiny-gemma3")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, out / name)
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1,
+                              head_dim=32, sliding_window=32, max_position_embeddings=2048,
+                              layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(out)
+    return out

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 from kv_transition import paths, pipeline
-from kv_transition.console import console
+from kv_transition.console import console, escape
 from kv_transition.console import guard as _guard
 from kv_transition.console import state as _state
 from kv_transition.reference.commands import reference_app
@@ -144,7 +144,7 @@ def quant_validate(
             result = run_validation(exp, opts)
         except QuantOrderingError as exc:  # a bug, not bad input: exit 1, results kept
             typer.echo(exc.validation.markdown)
-            console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(1) from None
         typer.echo(result.markdown)
         if result.path:

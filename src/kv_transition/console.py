@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages name config lists and extras in brackets
 
 from kv_transition.errors import BadInput
 
@@ -22,7 +23,7 @@ def guard(step: Callable[[], None]) -> None:
     try:
         step()
     except BadInput as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

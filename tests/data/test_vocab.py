@@ -51,3 +51,18 @@ def test_no_variable_name_contains_another():
     # string_match_all is a case-insensitive substring test
     names = [n.lower() for n in vocab.VARIABLE_NAMES]
     assert not [(a, b) for a in names for b in names if a != b and a in b]
+
+
+def test_digit_groups_are_opt_in_and_round_trip():
+    from kv_transition.data.word_tokenizer import build_word_tokenizer
+
+    text = "the number for koala is: 4985193. [1, 23, 0071234]"
+    words = vocab.vocabulary()
+    single, grouped = build_word_tokenizer(words), build_word_tokenizer(words, 3)
+    assert single.get_vocab_size() + 1100 == grouped.get_vocab_size()  # 2- and 3-digit groups
+    assert [t for t in single.encode(text).tokens if t.isdigit()] == list("4985193") + \
+        list("1") + list("23") + list("0071234")
+    assert [t for t in grouped.encode(text).tokens if t.isdigit()] == \
+        ["498", "519", "3", "1", "23", "007", "123", "4"]
+    for tok in (single, grouped):
+        assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text

@@ -1,39 +1,15 @@
 """The integrity check stops a policy integrated wrongly with the model before it reports."""
 
-import json
-import shutil
 import sqlite3
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from kvt_testkit import write_config
 from kv_transition.cli import app
 from kv_transition.engines.hf import HFEngine
 from kv_transition.engines.integrity import check_policy, sliding_layers
-from kv_transition.settings import KVConfig, ModelConfig, PressConfig
-
-
-@pytest.fixture(scope="module")
-def tiny_gemma3(models_root, tmp_path_factory):
-    """A random-weight Gemma 3 text model: three sliding-window layers, one global, built here
-    (no download) with the builtin tiny model's tokenizer. kvpress hooks every layer of
-    Gemma3ForCausalLM, the integration fault reported in issue 16."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    source = next(models_root.glob("builtin-tiny-random*"))
-    out = tmp_path_factory.mktemp("tiny-gemma3")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(source / name, out / name)
-    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
-    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                              num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1,
-                              head_dim=32, sliding_window=32, max_position_embeddings=2048,
-                              layer_types=["sliding_attention"] * 3 + ["full_attention"])
-    torch.manual_seed(0)
-    Gemma3ForCausalLM(config).save_pretrained(out)
-    return out
+from kv_transition.settings import ModelConfig, PressConfig
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +24,32 @@ def test_a_correct_integration_passes(llama, policy):
     assert {c["check"] for c in verdict.checks} == {"bounded_layers", "applied", "mild_budget"}
 
 
-def test_sliding_window_layers_compressed_fail_the_check(tiny_gemma3, models_root):
+@pytest.fixture
+def kvpress_on_every_layer(monkeypatch):
+    """Injected fault: the press entered as kvpress does by itself on Gemma3ForCausalLM, on
+    every layer (the integration issue 16 found), instead of through kv/bounded.py."""
+    from transformers import DynamicCache
+
+    import kv_transition.kv.bounded as bounded
+    import kv_transition.kv.quant.cache as cache
+
+    monkeypatch.setattr(cache, "applying", lambda press, model: press(model))
+    monkeypatch.setattr(bounded, "new_cache", lambda config: DynamicCache())
+
+
+@pytest.mark.parametrize("policy", ["snapkv", "streamingllm", "knorm", "expected_attention"])
+def test_gemma3_text_model_passes_with_its_global_layers_compressed(tiny_gemma3, models_root,
+                                                                    policy):
+    engine = HFEngine(ModelConfig(name=str(tiny_gemma3), device="cpu", dtype="float32"),
+                      PressConfig(), models_root)
+    verdict = check_policy(engine, policy)
+    assert verdict.passed, verdict.failure()
+    bounded = next(c for c in verdict.checks if c["check"] == "bounded_layers")
+    assert bounded["layers_compressed"] == [3]
+
+
+def test_sliding_window_layers_compressed_fail_the_check(tiny_gemma3, models_root,
+                                                         kvpress_on_every_layer):
     engine = HFEngine(ModelConfig(name=str(tiny_gemma3), device="cpu", dtype="float32"),
                       PressConfig(), models_root)
     assert sliding_layers(engine.model) == [0, 1, 2]
@@ -75,7 +76,8 @@ def test_a_press_that_compresses_nothing_fails(llama, monkeypatch):
     assert "compressed no layer" in verdict.failure()
 
 
-def test_run_stops_with_exit_2_and_writes_nothing(tiny_gemma3, tmp_path, home):
+def test_run_stops_with_exit_2_and_writes_nothing(tiny_gemma3, tmp_path, home,
+                                                  kvpress_on_every_layer):
     cfg = write_config(tmp_path / "g.yaml", model={"name": str(tiny_gemma3), "dtype": "float32",
                                                    "device": "cpu"})
     runner = CliRunner()

@@ -95,4 +95,4 @@ def test_builtin_reference_resolves_to_the_bundled_directory(smoke_model, monkey
     assert builtin.resolve_builtin("builtin:reference", home) == smoke_model
     engine = HFEngine(ModelConfig(name="builtin:reference", dtype="float32", device="cpu"),
                       PressConfig(), home / "data" / "models")
-    assert engine.path == str(smoke_model) and engine.count_tokens("koala 4985193") == 9
+    assert engine.path == str(smoke_model) and engine.count_tokens("koala 4985193") == 5

@@ -30,10 +30,13 @@ def test_functional_answers_round_trip_without_unknown_tokens(saved, text):
     assert saved.decode(ids, skip_special_tokens=True) == text
 
 
-def test_every_digit_is_its_own_token_so_values_compose(saved):
+def test_numbers_split_into_groups_of_three_digits_from_the_left(saved):
     tokens = saved.convert_ids_to_tokens(saved(" 4985193", add_special_tokens=False).input_ids)
-    assert tokens == ["\u2581", "4", "9", "8", "5", "1", "9", "3"]
-    assert all(saved.convert_tokens_to_ids(str(d)) != saved.unk_token_id for d in range(10))
+    assert tokens == ["\u2581", "498", "519", "3"]
+    tokens = saved.convert_ids_to_tokens(saved(" 0071", add_special_tokens=False).input_ids)
+    assert tokens == ["\u2581", "007", "1"]  # leading zeros stay inside their group
+    groups = [str(v).zfill(w) for w in (1, 2, 3) for v in range(10 ** w)]
+    assert all(saved.convert_tokens_to_ids(g) != saved.unk_token_id for g in groups)
 
 
 @pytest.mark.parametrize("char", ['"', "{", "}", "(", ")", "[", "]", ":", ","])

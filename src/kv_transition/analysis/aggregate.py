@@ -197,11 +197,14 @@ def run_memory(conn: sqlite3.Connection, exp_group_id: str) -> dict[int, Row]:
     Missing measurements stay None rather than 0 so no figure claims a saving never measured.
     """
     kv, peaks, scopes = defaultdict(list), defaultdict(list), defaultdict(set)
+    bounded = defaultdict(list)
     for r in queries.request_rows(conn, exp_group_id):
         if r["kv_bytes"] is not None:
             kv[r["run_id"]].append(r["kv_bytes"] / MIB)
+            bounded[r["run_id"]].append(queries.note(r["notes_json"], "kv_bounded_share") or 0.0)
         if r["peak_mem_mb"] is not None:
             peaks[r["run_id"]].append(r["peak_mem_mb"])
             scopes[r["run_id"]].add(queries.peak_mem_scope(r["notes_json"]))
     return {i: {"kv_mib": _mean(kv[i]), "peak_p95": _percentile(peaks[i], 95),
-                "scopes": scopes[i]} for i in set(kv) | set(peaks)}
+                "scopes": scopes[i], "bounded_share": _mean(bounded[i]) or 0.0}
+            for i in set(kv) | set(peaks)}

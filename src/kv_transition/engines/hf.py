@@ -22,7 +22,8 @@ from kv_transition.engines.base import (EngineError, GenerationRequest, Generati
                                          median_or_none)
 from kv_transition.engines.builtin import is_builtin, resolve_builtin
 from kv_transition.errors import BadInput
-from kv_transition.kv.quant.accounting import cache_accounting
+from kv_transition.kv.bounded import full_layer_tokens
+from kv_transition.kv.quant.accounting import cache_accounting, kv_shape
 from kv_transition.kv.quant.cache import attention_modules, compressing
 from kv_transition.kv.registry import make_cache, make_press, policy_spec
 from kv_transition.settings import ModelConfig, PressConfig, QuantConfig
@@ -93,16 +94,19 @@ def layer_record(cache: Any, n_positions: int, model: Any = None) -> dict[str, A
     """
     sizes = layer_sizes(cache)
     tokens, nbytes = [t for t, _ in sizes], [b for _, b in sizes]
+    # what each layer of this cache holds uncompressed: a window-bounded layer its window
+    full = [min(layer.sliding_window - 1, n_positions) if getattr(layer, "is_sliding", False)
+            else n_positions for layer in getattr(cache, "layers", [])]
     record = {"kv_layer_tokens": tokens, "kv_layer_bytes": nbytes,
-              "layers_compressed": [i for i, t in enumerate(tokens) if t < n_positions]}
+              "layers_compressed": [i for i, (t, f) in enumerate(zip(tokens, full)) if t < f]}
     if model is not None:
         heads = getattr(model.config, "num_key_value_heads", None) or \
             model.config.num_attention_heads
         masked = _masked_per_layer(model, len(tokens))
         entries = heads * sum(tokens)
         record["kv_layer_masked"] = masked
-        record["kv_attended_fraction"] = (entries - sum(masked)) / (heads * n_positions *
-                                                                   len(tokens)) if tokens else None
+        record["kv_attended_fraction"] = (entries - sum(masked)) / (heads * sum(full)) \
+            if tokens else None
     return record
 
 
@@ -256,9 +260,10 @@ class HFEngine:
         if ids.shape[1] == 0:
             return
         if uneven_layers(state.cache):
-            # Per-layer budgets (PyramidKV) leave layers of different lengths; a multi-token
-            # forward builds one causal mask for all layers and breaks, one token at a time
-            # needs no mask and gives the same result.
+            # Per-layer budgets (PyramidKV) leave layers of different lengths, and Gemma 3's
+            # compressed full-attention layers differ from its sliding ones; a multi-token
+            # forward would mis-mask them, one token at a time needs no mask and gives the
+            # same result.
             for token in ids[0].tolist():
                 state.next_logits = self._step(state, token)
             return
@@ -370,12 +375,13 @@ class HFEngine:
 
     def full_bytes(self, state: PrefillState) -> int:
         """What the uncompressed cache would hold for the prefilled positions."""
-        cfg = self.model.config
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        _, heads, head_dim = kv_shape(self.model.config)
         elem = torch.finfo(self.dtype).bits // 8
-        prefilled = state.n_positions  # before decoding: context (+ question)
-        return 2 * cfg.num_hidden_layers * heads * head_dim * elem * prefilled
+        # before decoding: context (+ question). A sliding-window layer holds at most its
+        # window, compressed or not: counting it at full length would overstate both the
+        # full cache and any press's saving
+        tokens = sum(full_layer_tokens(self.model.config, state.n_positions))
+        return 2 * heads * head_dim * elem * tokens
 
     def accounting_notes(self, state: PrefillState) -> dict[str, Any]:
         """Payload and true ratios against a 16-bit cache, with the nominal budget applied."""
@@ -444,10 +450,16 @@ def attention_mode(model, policy: str) -> Iterator[None]:
 
 
 def uneven_layers(cache: Any) -> bool:
+    """Would a multi-token forward mis-mask this cache? The model numbers the new tokens from
+    ``cache.get_seq_length()`` (layer 0) and builds one causal mask per attention type from
+    that; a full-attention layer holding another number of tokens would then let a new token
+    see the ones after it. Sliding-window layers are masked by their own window and count
+    every position seen, so only the full-attention layers are compared, with layer 0."""
     # get_seq_length, not keys: a quantized layer's keys are only its full-precision residual
     lengths = {layer.get_seq_length() for layer in getattr(cache, "layers", [])
-               if isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()
-               or getattr(layer, "sealed", False)}
-    return len(lengths) > 1
+               if not getattr(layer, "is_sliding", False) and (
+                   isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel()
+                   or getattr(layer, "sealed", False))}
+    return len(lengths) > 1 or bool(lengths) and lengths != {cache.get_seq_length()}
 
 

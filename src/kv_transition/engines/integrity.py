@@ -79,8 +79,8 @@ def _next_token_logprobs(engine, ctx: torch.Tensor, q: torch.Tensor, policy: str
                          budget: float) -> tuple[torch.Tensor, dict[str, Any]]:
     state = engine.prefill(ctx, policy, budget)
     engine.extend(state, q)
-    return torch.log_softmax(state.next_logits.float(), -1), layer_record(state.cache,
-                                                                          state.n_positions)
+    return torch.log_softmax(state.next_logits.float(), -1), layer_record(
+        state.cache, state.n_positions, engine.model)
 
 
 def check_policy(engine, policy: str, max_kl: float = MAX_KL) -> Verdict:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import torch
 
 from kv_transition.engines.base import GenerationRequest, GenerationResult
+from kv_transition.kv.bounded import sliding_layer_ids
 from kv_transition.kv.registry import make_press, policy_spec
 
 Setting = tuple[str, float]  # (policy, budget)
@@ -104,6 +105,11 @@ def generate_settings(engine, req: GenerationRequest,
     """Answer ``req`` under every setting from one shared prefill of the context."""
     if any(not can_share(p) for p, _ in settings):
         raise ValueError("generate_settings needs policies that declare shared_prefill")
+    if sliding_layer_ids(engine.model.config):
+        # each setting's copy would need its own window-bounded sliding layers and the
+        # full-attention-only hooks (kv/bounded.py): such models take a fresh prefill per
+        # setting, and its answers carry no shared_prefill note
+        return {s: engine.generate(replace(req, policy=s[0], budget=s[1])) for s in settings}
     # H2O needs eager attention, whose weights other presses would then read instead of
     # recomputing: keep the groups apart so each matches its own fresh prefill bit for bit.
     eager = [s for s in settings if policy_spec(s[0]).needs_attention_weights]

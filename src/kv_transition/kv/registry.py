@@ -200,9 +200,9 @@ def make_cache(name: str, budget: float, quant_cfg, model_config):
     ``DynamicCache``. Returns ``(cache, applied)``, ``applied`` the widths actually used."""
     spec = policy_spec(name)
     if spec.quant is None or budget >= 1.0:
-        from transformers import DynamicCache
+        from kv_transition.kv.bounded import new_cache
 
-        return DynamicCache(), {}
+        return new_cache(model_config), {}
     from kv_transition.kv.quant.factory import make_quant_cache
 
     return make_quant_cache(spec.quant, budget, quant_cfg, model_config,

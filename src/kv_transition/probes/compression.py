@@ -23,6 +23,7 @@ import torch
 from scipy import stats
 
 from kv_transition.engines.hf import attention_mode
+from kv_transition.kv.bounded import applying, new_cache
 from kv_transition.kv.registry import make_press
 from kv_transition.probes.capture import KVCapture
 from kv_transition.probes.store import MemorySink
@@ -76,8 +77,6 @@ def _recording_scores(press, scores: dict[int, np.ndarray]) -> None:
 def run_press(model, token_ids: list[int], policy: str, budget: float, layers: list[int],
               options: dict | None = None) -> PressOutcome:
     """Prefill ``token_ids`` under the policy's press; kept positions and scores per layer."""
-    from transformers import DynamicCache
-
     n_kv = n_kv_heads(model.config)
     press, applied = make_press(policy, budget, len(token_ids), options)
     if press is None:
@@ -85,10 +84,10 @@ def run_press(model, token_ids: list[int], policy: str, budget: float, layers: l
     sink, scores = MemorySink(), {}
     _recording_scores(press, scores)
     capture = KVCapture(layers, list(range(n_kv)), "keys", sink, max_positions=len(token_ids))
-    cache = DynamicCache()
+    cache = new_cache(model.config)
     device = next(model.parameters()).device
     ids = torch.tensor([token_ids], device=device)
-    with attention_mode(model, policy), capture.attach(model), press(model):
+    with attention_mode(model, policy), capture.attach(model), applying(press, model):
         model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     kept = {}
     for layer in layers:

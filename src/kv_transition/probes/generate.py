@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from kv_transition.engines.hf import choose_token
+from kv_transition.kv.bounded import new_cache
 from kv_transition.probes.metrics import logprob_and_entropy
 
 _LOGIT_CHUNK = 256  # prompt rows scored at a time: bounds memory on large vocabularies
@@ -61,11 +62,9 @@ def generate_with_capture(model, prompt_ids: list[int], capture, max_new_tokens:
                           temperature: float = 0.0, seed: int = 0,
                           eos_ids: set[int] | None = None) -> ProbeGeneration:
     """Prefill, then decode up to ``max_new_tokens``, feeding every token back once."""
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    cache = DynamicCache()
+    cache = new_cache(model.config)
     ids = list(prompt_ids)
     with capture.attach(model):
         out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache,

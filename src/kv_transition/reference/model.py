@@ -14,6 +14,10 @@ from pathlib import Path
 
 from kv_transition.errors import BadInput
 
+# Numbers are split into groups of three digits: a 7-digit value is 3 tokens that rarely recur
+# in one context, so after its first group an answer is plain copying (what small models learn
+# in ~100 steps), where ten single-digit symbols made every copy ambiguous (MODEL_CARD.md).
+DIGIT_GROUP = 3
 MAX_POSITIONS = 8192  # longest bin 4096 + question + answer, with room to probe beyond
 ROPE_THETA = 10000.0
 
@@ -30,14 +34,14 @@ def word_tokenizer():
     from kv_transition.data.vocab import vocabulary
     from kv_transition.data.word_tokenizer import build_word_tokenizer
 
-    return build_word_tokenizer(vocabulary())
+    return build_word_tokenizer(vocabulary(), DIGIT_GROUP)
 
 
 def save_tokenizer(out_dir: Path) -> None:
     from kv_transition.data.vocab import vocabulary
     from kv_transition.data.word_tokenizer import save_word_tokenizer
 
-    save_word_tokenizer(vocabulary(), out_dir, MAX_POSITIONS)
+    save_word_tokenizer(vocabulary(), out_dir, MAX_POSITIONS, DIGIT_GROUP)
 
 
 # Encoded at training time and again at install: a different tokenizers version that split
@@ -58,8 +62,10 @@ def special_ids(tok) -> dict[str, int]:
 
 
 def digit_ids(tok) -> list[int]:
-    """Ids of the ten digit tokens: the values answers are made of."""
-    return [tok.token_to_id(str(d)) for d in range(10)]
+    """Ids of the digit-group tokens: the values answers are made of."""
+    from kv_transition.data.word_tokenizer import digit_strings
+
+    return [tok.token_to_id(d) for d in digit_strings(DIGIT_GROUP)]
 
 
 def model_config(size: str, tok):

@@ -117,14 +117,18 @@ def cache_accounting(cache: Any, n_positions: int, config: Any, dtype: Any) -> d
     """Measured bytes and both ratios of ``cache`` after ``n_positions`` prompt positions."""
     import torch
 
+    from kv_transition.kv.bounded import bounded_share, full_layer_tokens  # imports torch
+
     stored, payload = 0, 0
     for layer in getattr(cache, "layers", []):
         b, p = _layer_counts(layer)
         stored, payload = stored + b, payload + p
-    layers, heads, head_dim = kv_shape(config)
-    reference = reference_bytes(n_positions, head_dim, heads, layers)
+    _, heads, head_dim = kv_shape(config)
+    # layer by layer: a sliding-window layer's full cache is its window, not every position
+    reference = reference_bytes(sum(full_layer_tokens(config, n_positions)), head_dim, heads)
     notes: dict[str, Any] = {
         "kv_bytes_fp16_full": reference,
+        "kv_bounded_share": bounded_share(config, n_positions),
         "kv_ratio_true": stored / reference if reference else None,
         "kv_ratio_payload": payload / (8 * reference) if reference else None,
     }

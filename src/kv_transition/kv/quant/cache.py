@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from kv_transition.kv.bounded import applying
 from kv_transition.kv.quant.accounting import LayerSpec, TensorSpec, kv_shape, quantized_tokens
 from kv_transition.kv.quant.quantizers import QuantTensor, quantize
 
@@ -151,7 +152,7 @@ def compressing(model: Any, press: Any, cache: Any) -> Iterator[None]:
     """
     with ExitStack() as stack:
         if press is not None:
-            stack.enter_context(press(model))
+            stack.enter_context(applying(press, model))
         if hasattr(cache, "seal_layer"):
             stack.enter_context(sealing(model, cache))
         yield
