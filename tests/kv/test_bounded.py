@@ -7,8 +7,8 @@ import torch
 from kv_transition.engines.base import GenerationRequest
 from kv_transition.engines.hf import HFEngine, uneven_layers
 from kv_transition.engines.shared_prefill import generate_settings
-from kv_transition.kv.bounded import (applying, bounded_share, full_layer_tokens, new_cache,
-                                      sliding_layer_ids)
+from kv_transition.kv.bounded import (applying, bounded_share, extend_masks, full_layer_tokens,
+                                      new_cache, sliding_layer_ids)
 from kv_transition.kv.registry import make_press
 from kv_transition.settings import ModelConfig, PressConfig
 
@@ -77,14 +77,31 @@ def test_without_the_sliding_layers_left_out_kvpress_compresses_them(gemma):
     assert [layer.keys.shape[-2] for layer in plain.layers] == [60, 60, 60, 60]
 
 
-def test_the_question_after_a_compressed_context_is_fed_one_token_at_a_time(gemma):
-    # A multi-token forward would number the question from the sliding layers' count of
-    # positions while the compressed layer holds fewer: its causal mask would let a question
-    # token see the ones after it.
-    ids = gemma.encode(GenerationRequest(context=CONTEXT, question="q", max_tokens=1))[0]
-    state = gemma.prefill(ids, "snapkv", 0.5)
-    assert uneven_layers(state.cache)
-    assert not uneven_layers(gemma.prefill(ids, "full", 1.0).cache)
+@pytest.mark.parametrize("policy", ["snapkv", "streamingllm"])
+def test_the_question_after_a_compressed_context_sees_only_what_came_before(gemma, policy):
+    # The model numbers the question from the sliding layers' count of positions while the
+    # compressed layer holds fewer: its default mask would let a question token see the ones
+    # after it. One forward with per-type masks must match feeding it one token at a time.
+    req = GenerationRequest(context=CONTEXT, question="what did the horse keep?", max_tokens=1)
+    ctx, q = gemma.encode(req)
+    assert not uneven_layers(gemma.prefill(ctx, "full", 1.0).cache)
+    stepwise = gemma.prefill(ctx, policy, 0.5)
+    assert uneven_layers(stepwise.cache)
+    positions = torch.arange(stepwise.n_positions, stepwise.n_positions + q.shape[1]).unsqueeze(0)
+    steps = torch.stack([gemma._step(stepwise, token) for token in q[0].tolist()])
+
+    def one_forward(masked: bool) -> torch.Tensor:
+        state = gemma.prefill(ctx, policy, 0.5)
+        masks = extend_masks(gemma.model, state.cache, q.shape[1], positions) if masked else None
+        with torch.inference_mode():
+            return gemma.model(input_ids=q, past_key_values=state.cache, position_ids=positions,
+                               attention_mask=masks).logits[0]
+
+    assert torch.allclose(one_forward(True), steps, atol=1e-4)
+    assert not torch.allclose(one_forward(False)[0], steps[0], atol=1e-4)  # the leak
+    state = gemma.prefill(ctx, policy, 0.5)
+    gemma.extend(state, q)  # what the engine does
+    assert torch.allclose(state.next_logits, steps[-1], atol=1e-4)
 
 
 def test_the_full_cache_answers_as_one_forward_over_the_whole_prompt(gemma):

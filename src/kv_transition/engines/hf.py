@@ -22,7 +22,7 @@ from kv_transition.engines.base import (EngineError, GenerationRequest, Generati
                                          median_or_none)
 from kv_transition.engines.builtin import is_builtin, resolve_builtin
 from kv_transition.errors import BadInput
-from kv_transition.kv.bounded import full_layer_tokens
+from kv_transition.kv.bounded import extend_masks, full_layer_tokens
 from kv_transition.kv.quant.accounting import cache_accounting, kv_shape
 from kv_transition.kv.quant.cache import attention_modules, compressing
 from kv_transition.kv.registry import make_cache, make_press, policy_spec
@@ -259,18 +259,21 @@ class HFEngine:
         """Feed more prompt tokens (the question) after compression, uncompressed."""
         if ids.shape[1] == 0:
             return
-        if uneven_layers(state.cache):
-            # Per-layer budgets (PyramidKV) leave layers of different lengths, and Gemma 3's
-            # compressed full-attention layers differ from its sliding ones; a multi-token
-            # forward would mis-mask them, one token at a time needs no mask and gives the
-            # same result.
-            for token in ids[0].tolist():
-                state.next_logits = self._step(state, token)
-            return
         positions = torch.arange(state.n_positions, state.n_positions + ids.shape[1],
                                  device=self.device).unsqueeze(0)
+        masks = None
+        if uneven_layers(state.cache):
+            # Gemma 3's compressed full-attention layers hold fewer tokens than its sliding
+            # ones: masks built per attention type (kv/bounded.py). Per-layer budgets
+            # (PyramidKV) leave full-attention layers of different lengths, which no one mask
+            # fits: one token at a time needs no mask and gives the same result.
+            masks = extend_masks(self.model, state.cache, ids.shape[1], positions)
+            if masks is None:
+                for token in ids[0].tolist():
+                    state.next_logits = self._step(state, token)
+                return
         out = self.model(input_ids=ids, past_key_values=state.cache, position_ids=positions,
-                         use_cache=True, logits_to_keep=1)
+                         attention_mask=masks, use_cache=True, logits_to_keep=1)
         state.next_logits = out.logits[0, -1]
         state.n_positions += ids.shape[1]
 

@@ -131,3 +131,27 @@ def applying(press: Any, model: Any) -> Iterator[None]:
             if i not in sliding and hasattr(lm.rotary_emb, f"{types[i]}_inv_freq"):
                 layer.self_attn.rotary_emb = _TypedRotary(lm.rotary_emb, types[i])
         yield
+
+
+def extend_masks(model: Any, cache: Any, n_new: int, position_ids: torch.Tensor) -> dict | None:
+    """Attention masks for feeding ``n_new`` tokens in one forward after compression, or None
+    where one forward cannot be masked right (full-attention layers of different lengths).
+
+    The model numbers new tokens from layer 0's count of positions seen, a sliding layer's
+    here, while the compressed full-attention layers hold fewer tokens: their default mask
+    would let a new token see the ones after it. transformers' own mask builders are called
+    once per attention type, each with the numbering its layers' keys really have."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    config, sliding = _text(model.config), set(sliding_layer_ids(model.config))
+    full = {cache.layers[i].get_seq_length() for i in range(len(cache.layers)) if i not in sliding}
+    if not sliding or len(full) != 1:
+        return None
+    kept, seen = full.pop(), cache.get_seq_length()
+    embeds = torch.empty((1, n_new, config.hidden_size), dtype=model.dtype, device=model.device)
+    common = {"config": config, "inputs_embeds": embeds, "attention_mask": None,
+              "past_key_values": cache, "position_ids": position_ids}
+    count = lambda start: torch.arange(start, start + n_new, device=model.device)  # noqa: E731
+    return {"full_attention": create_causal_mask(cache_position=count(kept), **common),
+            "sliding_attention": create_sliding_window_causal_mask(cache_position=count(seen),
+                                                                   **common)}
