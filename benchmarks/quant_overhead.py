@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
-from kv_transition.kv.quant.accounting import reference_bytes
 from kv_transition.kv.quant.adaptive import AdaptiveKVLayer
 from kv_transition.kv.quant.cache import QuantizedKVLayer
-from kv_transition.kv.quant.policies import parse_quant, resolve_widths
+from kv_transition.policy.quant import parse_quant, resolve_widths
+from kv_transition.policy.widths import reference_bytes
 from kv_transition.settings import QuantConfig
 
 KV_HEADS, Q_HEADS, HEAD_DIM = 8, 32, 128

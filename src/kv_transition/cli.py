@@ -11,7 +11,9 @@ from kv_transition import paths, pipeline
 from kv_transition.console import console, escape
 from kv_transition.console import guard as _guard
 from kv_transition.console import state as _state
+from kv_transition.quant_validate import Options, QuantOrderingError, parse_lengths, run_validation
 from kv_transition.reference.commands import reference_app
+from kv_transition.serve.server import serve_forever
 from kv_transition.settings import load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -90,7 +92,7 @@ def all_(config: Path = ConfigOpt, set_: list[str] = SetOpt,
         pipeline.score(exp)
         pipeline.analyze(exp)
         if exp.settings.analysis.refine:
-            from kv_transition.refine import refine as refine_experiment
+            from kv_transition.refine import refine as refine_experiment  # lazy: as below
 
             _print_refine(refine_experiment(exp, show_progress=progress))
         console.print(f"report: {pipeline.report(exp)}")
@@ -108,6 +110,7 @@ def _print_refine(result) -> None:
 def refine(config: Path = ConfigOpt, set_: list[str] = SetOpt,
            progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
     """Add examples only to bins whose transition verdict is inconclusive, then reanalyze."""
+    # lazy: refine's analysis imports scipy (about 2 s), which no other command start needs
     from kv_transition.refine import refine as refine_experiment
 
     def step():
@@ -135,8 +138,6 @@ def quant_validate(
                                               "512,4096,32768 (the default with --memory-only).")
 ) -> None:
     """Check quantized caches: memory ratios, reconstruction and attention error per layer."""
-    from kv_transition.quant_validate import Options, QuantOrderingError, parse_lengths, run_validation
-
     def step():
         exp = _experiment(config, set_) if config else None
         opts = Options(memory_only, head_dim, group_size, residual, parse_lengths(lengths))
@@ -159,7 +160,7 @@ app.add_typer(reference_app, name="reference")
 @app.command()
 def novelty(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
     """KV novelty probes: capture K/V while generating, novelty statistics, policy link."""
-    from kv_transition.probes.run import run_novelty
+    from kv_transition.novelty import run_novelty  # lazy: imports torch and transformers
 
     def step():
         out = run_novelty(_experiment(config, set_))
@@ -182,8 +183,6 @@ def serve(config: Path = ConfigOpt, set_: list[str] = SetOpt,
               "variable.")) -> None:
     """Serve the config's model over an OpenAI-compatible API, with KV compression applied."""
     def step():
-        from kv_transition.serve.server import serve_forever
-
         serve_forever(load_settings(config, set_), paths.home(_state["home"]),
                       announce=lambda line: console.print(line, soft_wrap=True),
                       host=host, port=port, policy=policy,

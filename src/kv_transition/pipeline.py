@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 from kv_transition import paths
+from kv_transition.canary.task import FUNCTIONAL
+from kv_transition.data.binning import sample_bins
+from kv_transition.data.longbench import load_longbench
+from kv_transition.data.manifest import (build_manifest, dataset_id, manifest_from_db,
+                                         save_manifest_json, write_manifest)
+from kv_transition.data.normalize import Example
+from kv_transition.data.prompt import prompt_tokens
+from kv_transition.data.synthetic import generate_examples
 from kv_transition.db.connect import connect, transaction
+from kv_transition.engines import factory
+from kv_transition.engines.tokenizer import load_counter
 from kv_transition.errors import BadInput
-from kv_transition.settings import Settings
+from kv_transition.eval.score import score_experiment
+from kv_transition.run.orchestrate import run_grid
+from kv_transition.settings import AnalysisConfig, Settings
 
 
 @dataclass
@@ -65,15 +79,22 @@ def current_dataset(conn: sqlite3.Connection, exp: Experiment) -> str:
     return rows[0]
 
 
+def load_examples(settings: Settings, count_tokens: Callable[[str], int]) -> list[Example]:
+    """The candidates of the task source the config names (prepare and refine bin them)."""
+    cfg = settings.dataset
+    if cfg.name == "synthetic":
+        # enough candidates that every bin can be filled, whatever n_bins is
+        n_each = math.ceil(cfg.n_per_bin * settings.binning.n_bins / len(cfg.lengths))
+        return [ex for target in cfg.lengths
+                for ex in generate_examples(cfg.task, target, n_each, cfg.seed, count_tokens,
+                                             families=cfg.tasks)]
+    if cfg.name == FUNCTIONAL.dataset:
+        return FUNCTIONAL.source(cfg, settings.binning.n_bins, count_tokens)
+    return load_longbench(cfg.task, cfg.path)
+
+
 def prepare(exp: Experiment) -> str:
     """Build (or find) the length-binned manifest; returns the dataset id."""
-    from kv_transition.data.binning import sample_bins
-    from kv_transition.data.manifest import (build_manifest, dataset_id, manifest_from_db,
-                                             save_manifest_json, write_manifest)
-    from kv_transition.data.sources import load_examples
-    from kv_transition.data.prompt import prompt_tokens
-    from kv_transition.engines.tokenizer import load_counter
-
     count, tok_id = load_counter(exp.settings, paths.models_dir(exp.root))
     ds_id = dataset_id(exp.settings, tok_id)
     json_path = paths.manifest_path(exp.root, ds_id)
@@ -113,17 +134,17 @@ def _unique(examples) -> dict:
 
 
 def run(exp: Experiment, show_progress: bool = True) -> int:
-    from kv_transition.engines.factory import make_engine
-    from kv_transition.run.orchestrate import run_grid
-
     conn = exp.connect(must_exist=True)
     ds_id = current_dataset(conn, exp)
-    factory = lambda grid: make_engine(exp.settings, paths.models_dir(exp.root), grid)  # noqa: E731
+
+    def make(grid):  # through the module, so a test can swap factory.make_engine
+        return factory.make_engine(exp.settings, paths.models_dir(exp.root), grid)
+
     if exp.settings.canary.perplexity is not None:  # the functional canary (issue 5)
-        from kv_transition.eval import perplexity
+        from kv_transition.canary import perplexity  # lazy: imports torch
 
         perplexity.check_source(exp.settings, paths.models_dir(exp.root))  # before any row
-    done = run_grid(conn, exp.settings, ds_id, factory, show_progress,
+    done = run_grid(conn, exp.settings, ds_id, make, show_progress,
                     on_start=lambda: record_experiment(conn, exp),
                     models_root=paths.models_dir(exp.root))
     if exp.settings.canary.perplexity is not None:
@@ -132,27 +153,35 @@ def run(exp: Experiment, show_progress: bool = True) -> int:
 
 
 def score(exp: Experiment) -> dict[str, int]:
-    from kv_transition.eval.score import score_experiment
-
     conn = exp.connect(must_exist=True)
-    if exp.settings.dataset.name == "functional":  # sandbox runs in parallel, then cached
-        from kv_transition.eval.functional import score_functional
-
-        score_functional(conn, exp.exp_id)
+    if exp.settings.dataset.name == FUNCTIONAL.dataset:  # sandbox runs in parallel, then cached
+        FUNCTIONAL.score(conn, exp.exp_id)
     return score_experiment(conn, exp.exp_id)
 
 
-def analyze(exp: Experiment) -> dict:
+def analyze_group(conn: sqlite3.Connection, exp_group_id: str, cfg: AnalysisConfig,
+                  run_dir: Path, looks: int = 1) -> dict[str, Any]:
+    """The analyze phase on an open database: bin statistics, transitions, plots and the table
+    (analysis/run_analysis.py), then the functional canary's SDS rows and plots/divergence.png
+    (canary/sds.py; none without measured perplexity)."""
+    # lazy, both: numpy, scipy and matplotlib stay off CLI start-up
     from kv_transition.analysis.run_analysis import analyze as run_analysis
-    from kv_transition.analysis.transition import planned_looks
+    from kv_transition.canary.sds import analyze_sds
+
+    summary = run_analysis(conn, exp_group_id, cfg, run_dir, looks)
+    return {**summary, **analyze_sds(conn, exp_group_id, cfg, Path(run_dir) / "plots")}
+
+
+def analyze(exp: Experiment) -> dict:
+    from kv_transition.analysis.transition import planned_looks  # lazy: scipy, as above
 
     conn = exp.connect(must_exist=True)
     looks = planned_looks(exp.settings.dataset.n_per_bin, exp.settings.analysis.max_n_per_bin)
-    return run_analysis(conn, exp.exp_id, exp.settings.analysis, exp.run_dir, looks)
+    return analyze_group(conn, exp.exp_id, exp.settings.analysis, exp.run_dir, looks)
 
 
 def report(exp: Experiment) -> Path:
-    from kv_transition.report.build import build_report
+    from kv_transition.report.build import build_report  # lazy: matplotlib off CLI start-up
 
     conn = exp.connect(must_exist=True)
     return build_report(conn, exp.exp_id, exp.run_dir)

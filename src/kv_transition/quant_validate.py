@@ -21,10 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from kv_transition import paths
+from kv_transition.data.synthetic import generate_examples
+from kv_transition.db.connect import transaction
+from kv_transition.engines.base import GenerationRequest
 from kv_transition.errors import BadInput
-from kv_transition.kv.quant.accounting import (LayerSpec, TensorSpec, payload_ratio, token_group,
-                                               true_ratio)
-from kv_transition.kv.quant.policies import parse_quant, resolve_widths
+from kv_transition.kv.quant.accounting import cache_accounting, kv_shape
+from kv_transition.pipeline import record_experiment
+from kv_transition.policy.quant import parse_quant, resolve_widths
+from kv_transition.policy.widths import LayerSpec, TensorSpec, payload_ratio, token_group, true_ratio
+from kv_transition.settings import QuantConfig
 
 ORDERED = ("fp16", "int8", "int4", "int2")  # reconstruction error must grow along this list
 MEMORY_POLICIES = ("fp16", "int8", "int4", "int3", "int2", "kivi-k4v4", "kivi-k2v4", "kivi-k2v2")
@@ -76,8 +82,6 @@ def parse_lengths(text: str | None) -> list[int] | None:
 def _quant_cfg(base, opts: Options):
     """The config's kv.quant with the command-line overrides, validated like the config."""
     from pydantic import ValidationError
-
-    from kv_transition.settings import QuantConfig
 
     data = (base or QuantConfig()).model_dump()
     flags = {"group_size": ("--group-size", opts.group_size),
@@ -149,9 +153,6 @@ def memory_markdown(rows: list[dict[str, Any]], cfg, head_dim: int) -> str:
 def _prompt_ids(engine, n: int, seed: int):
     import torch
 
-    from kv_transition.data.synthetic import generate_examples
-    from kv_transition.engines.base import GenerationRequest
-
     example = generate_examples("niah_single", n, 1, seed, engine.count_tokens)[0]
     ctx, q = engine.encode(GenerationRequest(context=example.context, question=example.question,
                                              max_tokens=1, answer_prefix=example.answer_prefix))
@@ -163,7 +164,7 @@ def _capture(engine, ids, window: int):
     from kvpress.utils import get_prerope_query_states
     from transformers.models.llama.modeling_llama import rotate_half
 
-    from kv_transition.kv.quant.cache import attention_modules
+    from kv_transition.kv.quant.cache import attention_modules  # lazy: imports torch
 
     queries: dict[int, Any] = {}
 
@@ -218,8 +219,6 @@ def _policy_kv(engine, ids, policy: str, cfg, ref_cache):
     """Per-layer (keys, values) as the policy's cache holds them, and its measured ratios."""
     import torch
 
-    from kv_transition.kv.quant.accounting import cache_accounting
-
     if policy == "fp16":  # what a 16-bit cache stores
         kv = [(layer.keys.to(torch.float16), layer.values.to(torch.float16))
               for layer in ref_cache.layers]
@@ -231,8 +230,6 @@ def _policy_kv(engine, ids, policy: str, cfg, ref_cache):
 
 
 def model_rows(engine, cfg, lengths: list[int], seed: int) -> list[dict[str, Any]]:
-    from kv_transition.kv.quant.accounting import kv_shape
-
     head_dim = kv_shape(engine.model.config)[2]
     rows = []
     for n in lengths:
@@ -309,8 +306,6 @@ ROW_COLUMNS = ("mode", "policy", "context_tokens", "layer", "model_name", "head_
 
 def store(conn, exp_group_id: str, rows: list[dict[str, Any]], cfg, model_name: str | None) -> None:
     """Replace this mode's rows of the experiment: a rerun shows the latest validation."""
-    from kv_transition.db.connect import transaction
-
     now = datetime.now(timezone.utc).isoformat()
     cols = ("exp_group_id",) + ROW_COLUMNS + ("params_json", "created_at")
     marks = ",".join("?" * len(cols))
@@ -353,9 +348,8 @@ def run_validation(exp, opts: Options) -> Validation:
 
 
 def _engine(exp, cfg, opts: Options):
-    from kv_transition import paths
+    # lazy: engines.hf imports torch; cli.py imports this module at start-up
     from kv_transition.engines.hf import HFEngine
-    from kv_transition.kv.quant.accounting import kv_shape
 
     settings = exp.settings
     if settings.engine.kind != "hf":
@@ -378,8 +372,6 @@ def _model_lengths(engine, opts: Options) -> list[int]:
 
 
 def _save(exp, result: Validation, cfg, model_name: str | None) -> None:
-    from kv_transition.pipeline import record_experiment
-
     conn = exp.connect()
     record_experiment(conn, exp)
     store(conn, exp.exp_id, result.rows, cfg, model_name)

@@ -26,7 +26,9 @@ from kv_transition import paths, pipeline
 from kv_transition.analysis import queries
 from kv_transition.analysis.transition import growth_plan, planned_looks
 from kv_transition.data.manifest import manifest_from_db, manifest_hash, save_manifest_json
+from kv_transition.data.prompt import prompt_tokens
 from kv_transition.db.connect import transaction
+from kv_transition.engines.tokenizer import load_counter
 from kv_transition.errors import BadInput
 
 Row = dict
@@ -63,10 +65,6 @@ def _rounds_done(conn: sqlite3.Connection, ds_id: str) -> int:
 
 def _candidates(exp: pipeline.Experiment, conn: sqlite3.Connection, ds_id: str) -> list:
     """(example, prompt tokens) from the dataset's source that are not in the database yet."""
-    from kv_transition.data.sources import load_examples
-    from kv_transition.data.prompt import prompt_tokens
-    from kv_transition.engines.tokenizer import load_counter
-
     settings = exp.settings
     if settings.dataset.name == "synthetic":  # enough indices to fill every bin to the max
         dataset = settings.dataset.model_copy(update={"n_per_bin": _max_n(exp)})
@@ -74,7 +72,7 @@ def _candidates(exp: pipeline.Experiment, conn: sqlite3.Connection, ds_id: str) 
     count, _ = load_counter(exp.settings, paths.models_dir(exp.root))
     have = {r[0] for r in conn.execute("SELECT example_id FROM examples WHERE dataset_id = ?",
                                        (ds_id,))}
-    return [(ex, prompt_tokens(ex, count)) for ex in load_examples(settings, count)
+    return [(ex, prompt_tokens(ex, count)) for ex in pipeline.load_examples(settings, count)
             if ex.example_id not in have]
 
 

@@ -14,12 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kv_transition.errors import BadInput
 from kv_transition.model_shapes import SHAPES
+from kv_transition.policy.quant import kivi_width_error
+from kv_transition.policy.spec import check_policies, register_custom
 from kv_transition.press_catalog import NamedPressDef, PressDef
 
 SYNTHETIC_TASKS = (
     "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "variable_tracking",
 )
-# Offline functional families (data/functional.py); 'mix' cycles them, 'humaneval' reads a file.
+# Offline functional families (canary/source.py); 'mix' cycles them, 'humaneval' reads a file.
 FUNCTIONAL_TASKS = ("code", "tool", "code_long", "tool_long")
 
 
@@ -30,7 +32,7 @@ class _Strict(BaseModel):
 class DatasetConfig(_Strict):
     name: Literal["synthetic", "longbench", "functional"] = Field(
         "synthetic", description="Task source: the offline RULER-style generator, LongBench, or "
-        "functional tasks (code run in a sandbox, JSON tool calls; data/functional.py).")
+        "functional tasks (code run in a sandbox, JSON tool calls; canary/source.py).")
     task: str = Field(
         "mix", description="Synthetic: one of %s or 'mix' (cycles through all). LongBench: the "
         "subset name, e.g. 'hotpotqa'. Functional: one of %s, 'mix', or 'humaneval' (a local "
@@ -180,8 +182,6 @@ class QuantConfig(_Strict):
 
     @model_validator(mode="after")
     def _valid_widths(self) -> "QuantConfig":
-        from kv_transition.kv.quant.policies import kivi_width_error
-
         if self.group_size % 8:
             raise ValueError(f"group_size {self.group_size} must be a multiple of 8 (codes are "
                              "packed 8 at a time)")
@@ -263,8 +263,6 @@ class KVConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_policies(self) -> "KVConfig":
-        from kv_transition.kv.registry import check_policies, register_custom
-
         for name, definition in self.press.custom.items():
             register_custom(name, definition)
         # unknown names, bad compositions, budgets a quantized policy cannot realise
@@ -395,7 +393,7 @@ class ServeConfig(_Strict):
 
 class PerplexityConfig(_Strict):
     """Perplexity under compression: prefill a prefix through the compressed cache, then
-    teacher-force the continuation (eval/perplexity.py)."""
+    teacher-force the continuation (canary/perplexity.py)."""
 
     path: str | None = Field(
         None, description="Held-out text: a .jsonl file with a \"text\" field per line, or a "

@@ -23,7 +23,7 @@ def test_fail_spike_before_collapse_is_a_transition():
     start, end, why = detect_transition(run, base)
     assert (start, end) == (2, 2)
     assert why["verdict"] == "transition" and why["signal"] == "fail"
-    assert why["reference_bin"] == 0 and why["test"] == "fisher_exact_one_sided"
+    assert why["reference_bin"] == 0 and why["test"] == "boschloo_exact_one_sided"
     assert why["p_adjusted"] < 0.05 and why["p_value"] <= why["p_adjusted"]
     assert why["statistic"] == pytest.approx(0.4)
     assert why["collapse_bin"] is None
@@ -48,7 +48,9 @@ def test_nine_of_twelve_against_twelve_of_twelve_is_not_strong():
     run = _stats([1.0, 0.75, 0.75], [0.0, 0.25, 0.0], n=12)
     start, end, why = detect_transition(run, None)
     assert (start, end) == (None, None)
-    assert why["tests"][0]["p"] == pytest.approx(0.1087, abs=1e-3)
+    # Boschloo's exact p is below Fisher's (0.1087 here), never above it, and still not 0.05
+    assert why["tests"][0]["test"] == "boschloo_exact_one_sided"
+    assert why["tests"][0]["p"] == pytest.approx(0.0629, abs=1e-3)
 
 
 def test_every_candidate_zone_is_reported():
@@ -83,7 +85,9 @@ def test_suggestive_but_not_significant_is_weak_and_inconclusive():
 
 
 def test_more_looks_need_more_evidence():
-    run = _stats([0.9] * 3, [0, 0.2, 0], n=30)
+    # 5/30 against 0/30: Boschloo p = 0.0137, BH over the two tested bins 0.027, between
+    # alpha / 3 and alpha
+    run = _stats([0.9] * 3, [0, 1 / 6, 0], n=30)
     _, _, once = detect_transition(run, None, Policy(looks=1))
     _, _, thrice = detect_transition(run, None, Policy(looks=3))
     assert once["verdict"] == "transition" and thrice["verdict"] == "weak"
@@ -112,7 +116,7 @@ def test_write_transitions_replaces_rows_and_stores_the_test(paired_db):
     # snapkv's bin 1 (0.25) is below half the full cache's best (0.75): collapsed, untested
     assert snap["reference_bin"] == 0 and snap["verdict"] == "no_tests"
     for row in rows:
-        assert json.loads(row["rationale_json"])["method"] == "onesided_fisher_v2"
+        assert json.loads(row["rationale_json"])["method"] == "onesided_boschloo_v3"
 
 
 def test_multiplicity_spans_settings(dbh, tmp_path):
@@ -130,3 +134,30 @@ def test_multiplicity_spans_settings(dbh, tmp_path):
         res = {r["run_id"]: r for r in write_transitions(conn, "exp", cfg)}
         verdicts.append(res[ids[("snapkv", 0.5)]]["rationale"]["verdict"])
     assert verdicts == ["transition", "weak"]
+
+
+def test_boschloo_keeps_the_level_and_beats_fisher():
+    """Exact size of the one-sided test at 5 vs 10 examples: the chance of p <= 0.1 under a
+    common rate never exceeds 0.1, and no table has a larger p than Fisher's."""
+    from scipy.stats import binom, fisher_exact
+
+    from kv_transition.analysis.transition import exact_greater_p
+
+    n, n0, alpha = 5, 10, 0.1
+    tables = [(k, k0) for k in range(n + 1) for k0 in range(n0 + 1)]
+    p = {t: exact_greater_p(t[0], n, t[1], n0)[0] for t in tables}
+    fisher = {(k, k0): fisher_exact([[k, n - k], [k0, n0 - k0]], alternative="greater")[1]
+              for k, k0 in tables}
+    assert all(p[t] <= fisher[t] + 1e-9 for t in tables)
+    rejected = [t for t in tables if p[t] <= alpha]
+    assert len(rejected) > sum(fisher[t] <= alpha for t in tables)  # strictly more power
+    for rate in (0.05, 0.2, 0.5, 0.8):
+        size = sum(binom.pmf(k, n, rate) * binom.pmf(k0, n0, rate) for k, k0 in rejected)
+        assert size <= alpha + 1e-9, rate
+
+
+def test_large_tables_fall_back_to_fisher():
+    from kv_transition.analysis.transition import FISHER, exact_greater_p
+
+    p, test = exact_greater_p(40, 300, 20, 600)
+    assert test == FISHER and 0 < p < 1e-3

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kv_transition.data import functional as fdata
+from kv_transition.canary import source as fdata
 from kv_transition.data.vocab import vocabulary
 from kv_transition.data.word_tokenizer import build_word_tokenizer
 from kv_transition.errors import BadInput, DataError

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from kv_transition.data.functional import heldout_documents
+from kv_transition.canary import perplexity as ppl
+from kv_transition.canary.source import heldout_documents
 from kv_transition.engines.factory import make_engine
 from kv_transition.errors import BadInput, DataError
-from kv_transition.eval import perplexity as ppl
 from kv_transition.settings import PerplexityConfig, Settings
 
 TINY = {"model": {"name": "builtin:tiny-random", "dtype": "float32", "device": "cpu"}}

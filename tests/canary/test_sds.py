@@ -8,8 +8,8 @@ import helpers_db
 import numpy as np
 import pytest
 
-from kv_transition.analysis import sds
-from kv_transition.analysis.run_analysis import analyze
+from kv_transition.canary import sds
+from kv_transition.pipeline import analyze_group as analyze  # the phase: analysis, then SDS
 from kv_transition.report.build import build_report
 from kv_transition.settings import AnalysisConfig
 

@@ -15,7 +15,7 @@ from kv_transition.engines.base import EngineError, GenerationRequest
 from kv_transition.engines.endpoints import api_key, resolve_base_url
 from kv_transition.engines.openai_compat import OpenAIEngine
 from kv_transition.errors import BadInput
-from kv_transition.run.retries import call_with_retries
+from kv_transition.engines.retries import call_with_retries
 from kv_transition.settings import EngineConfig, Settings
 
 try:  # tests/ may or may not become a package; the helper sits next to this file either way

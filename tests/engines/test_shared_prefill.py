@@ -6,7 +6,7 @@ import torch
 from kv_transition.engines.base import GenerationRequest
 from kv_transition.engines.hf import HFEngine
 from kv_transition.engines.shared_prefill import can_share, generate_settings, prefill_settings
-from kv_transition.kv.registry import POLICIES
+from kv_transition.policy.spec import POLICIES
 from kv_transition.settings import ModelConfig, PressConfig
 
 CONTEXT = " ".join(f"the {w} river ran past the quiet town ." for w in

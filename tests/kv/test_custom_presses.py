@@ -6,7 +6,7 @@ import pytest
 
 from kv_transition.engines.base import GenerationRequest
 from kv_transition.engines.hf import HFEngine
-from kv_transition.kv.registry import policy_spec
+from kv_transition.policy.spec import policy_spec
 from kv_transition.press_catalog import LIST_INNER, PRESSES, runs_offline
 from kv_transition.settings import KVConfig, ModelConfig
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig
 
-from kv_transition.kv.quant.accounting import (LayerSpec, TensorSpec, cache_accounting,
-                                               layer_bytes, payload_ratio, steady_true_ratio,
-                                               true_ratio)
+from kv_transition.kv.quant.accounting import cache_accounting
 from kv_transition.kv.quant.adaptive import AdaptiveKVLayer, token_cost
 from kv_transition.kv.quant.cache import QuantizedKVLayer
+from kv_transition.policy.widths import (LayerSpec, TensorSpec, layer_bytes, payload_ratio,
+                                         steady_true_ratio, true_ratio)
 
 INT4 = LayerSpec(TensorSpec(4, "token", 32), TensorSpec(4, "token", 32), 0)
 K2V4 = LayerSpec(TensorSpec(2, "channel", 32), TensorSpec(4, "token", 32), 128)

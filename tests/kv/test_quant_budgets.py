@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 
 from kv_transition.cli import app
 from kv_transition.errors import BadInput
-from kv_transition.kv.quant.policies import eviction_keep, parse_quant, resolve_widths
-from kv_transition.kv.registry import policy_spec
+from kv_transition.policy.quant import eviction_keep, parse_quant, resolve_widths
+from kv_transition.policy.spec import policy_spec
 from kv_transition.settings import QuantConfig, load_settings
 from kvt_testkit import REPO, write_config
 

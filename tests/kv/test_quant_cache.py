@@ -5,8 +5,9 @@ import torch
 
 from kv_transition.engines.base import GenerationRequest
 from kv_transition.engines.hf import HFEngine
-from kv_transition.kv.quant.accounting import LayerSpec, TensorSpec, kv_shape
+from kv_transition.kv.quant.accounting import kv_shape
 from kv_transition.kv.quant.cache import QuantizedKVLayer
+from kv_transition.policy.widths import LayerSpec, TensorSpec
 from kv_transition.settings import ModelConfig, PressConfig, QuantConfig
 
 R, G, D = 16, 8, 16

@@ -117,3 +117,25 @@ def test_multivalue_contexts_never_repeat_a_needle():
         ids, mask = _copies(tok, ex, seed, spans=3)
         assert not any(m and t in digits for t, m in zip(ids, mask))
         assert sum(t in digits for t in ids) == 4 * 3  # four 7-digit values (3 groups), no copies
+
+
+def test_recall_steps_hold_needles_only_one_count_per_step_and_ask_every_key():
+    from kv_transition.reference.dataset import RECALL, RECALL_MAX_NEEDLES
+
+    plan = DataPlan(**{**PLAN.__dict__, "family_weights": {RECALL: 1.0}})
+    tok = word_tokenizer()
+    for step in range(4):
+        batch = StepBatches(plan)[step]
+        counts = set()
+        for row, labels in zip(batch["input_ids"], batch["labels"]):
+            text = tok.decode([i for i in row.tolist() if i != tok.token_to_id("<pad>")])
+            context = text.split("\n\n")[1]
+            facts = qa.facts(context.replace("the special", "The special"))
+            # nothing but needles: the context is exactly its facts in the generator's wording
+            assert context == " ".join(f"the special magic number for {k} is: {v}."
+                                       for k, v in facts)
+            answered = tok.decode([i for i in labels.tolist() if i != IGNORE])
+            assert all(v in answered for _, v in facts)  # every key asked and answered
+            counts.add(len(facts))
+        assert len(counts) == 1 and 1 <= counts.pop() <= RECALL_MAX_NEEDLES
+        assert int((batch["input_ids"] != tok.token_to_id("<pad>")).sum()) >= plan.tokens_per_step

@@ -86,10 +86,11 @@ def test_detected_transition_is_explained(dbh, tmp_path):
     assert "| snapkv (0.2) | transition | 2–2 |" in text
     assert ("Instability rises before accuracy collapses in bin 2 (400–800 tokens): "
             "changed-answer rate, failure rate, flip rate above the reference bins 0–1 "
-            "(fisher exact one sided; strongest: ") in text
+            "(boschloo exact one sided; strongest: ") in text
     assert "BH-adjusted p = " in text
     # the power line: what "no zone" could mean at this size
-    assert "With 20 examples per bin, a zone like the one planted in the power suite" in text
+    assert "With 20 examples per bin, the zones planted in the power suite are found" in text
+    assert "(bins 3-4: only failures rise, 0.02 to 0.25) of the time" in text
     assert "accuracy interval wilson;" in text and "Δ test mcnemar_exact" in text
     assert "EMPTY: 8" in text
 

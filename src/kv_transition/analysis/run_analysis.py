@@ -10,7 +10,6 @@ from typing import Any
 from kv_transition.analysis import queries
 from kv_transition.analysis.aggregate import compute_bin_stats
 from kv_transition.analysis.plots import write_plots
-from kv_transition.analysis.sds import analyze_sds
 from kv_transition.analysis.transition import write_transitions
 from kv_transition.errors import BadInput
 from kv_transition.settings import AnalysisConfig
@@ -55,8 +54,6 @@ def analyze(conn: sqlite3.Connection, exp_group_id: str, cfg: AnalysisConfig,
     transitions = write_transitions(conn, exp_group_id, cfg, looks)
     plots = write_plots(conn, exp_group_id, run_dir / "plots")
     table = write_bin_stats_csv(conn, exp_group_id, run_dir / "tables" / "bin_stats.csv")
-    # the functional canary: SDS rows and plots/divergence.png when perplexity was measured
-    sds = analyze_sds(conn, exp_group_id, cfg, run_dir / "plots")
     return {
         "exp_group_id": exp_group_id,
         "n_runs": len(transitions),
@@ -64,5 +61,4 @@ def analyze(conn: sqlite3.Connection, exp_group_id: str, cfg: AnalysisConfig,
         "verdicts": {t["run_id"]: t["rationale"]["verdict"] for t in transitions},
         "plots": [str(p) for p in plots],
         "table": str(table),
-        **sds,
     }

@@ -65,14 +65,14 @@ def _spread(depth: float, m: int) -> list[float]:
     return [round((depth + k / m) % 1.0, 6) for k in range(m)]
 
 
-def _needle(key: str, value: str) -> str:
+def needle(key: str, value: str) -> str:
     return f"The special magic number for {key} is: {value}."
 
 
 def _plan_single(rng: random.Random, depth: float) -> _Plan:
     key, value = rng.choice(vocab.KEYS), _numbers(rng, 1, NIAH_DIGITS)[0]
     return _Plan(
-        [(depth, _needle(key, value))],
+        [(depth, needle(key, value))],
         f"What is the special magic number for {key} mentioned in the provided text?",
         [value], f"The special magic number for {key} mentioned in the provided text is",
         {"depth": depth})
@@ -83,7 +83,7 @@ def _plan_multikey(rng: random.Random, depth: float) -> _Plan:
     keys, values = rng.sample(vocab.KEYS, N_NEEDLES), _numbers(rng, N_NEEDLES, NIAH_DIGITS)
     depths = _spread(depth, N_NEEDLES)
     return _Plan(
-        [(d, _needle(k, v)) for d, k, v in zip(depths, keys, values)],
+        [(d, needle(k, v)) for d, k, v in zip(depths, keys, values)],
         f"What is the special magic number for {keys[0]} mentioned in the provided text?",
         [values[0]], f"The special magic number for {keys[0]} mentioned in the provided text is",
         {"depth": depth, "depths": depths})
@@ -106,7 +106,7 @@ def _plan_multiquery(rng: random.Random, depth: float) -> _Plan:
     depths = _spread(depth, N_NEEDLES)
     asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
     return _Plan(
-        [(d, _needle(k, v)) for d, k, v in zip(depths, keys, values)],
+        [(d, needle(k, v)) for d, k, v in zip(depths, keys, values)],
         f"What are all the special magic numbers for {asked} mentioned in the provided text?",
         values, f"The special magic numbers for {asked} mentioned in the provided text are",
         {"depths": depths})

@@ -20,6 +20,8 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from kv_transition.data.vocab import vocabulary
+from kv_transition.data.word_tokenizer import save_word_tokenizer
 from kv_transition.engines import gemma_gguf
 from kv_transition.engines.gemma_gguf import GEMMA
 from kv_transition.errors import BadInput
@@ -41,9 +43,6 @@ def _build_tiny_random(out_dir: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
-
-    from kv_transition.data.vocab import vocabulary
-    from kv_transition.data.word_tokenizer import save_word_tokenizer
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted build
@@ -88,8 +87,6 @@ def resolve_builtin(name: str, models_root: Path) -> Path:
                        f"{BUILTIN_PREFIX}{GEMMA}")
     # keyed by the vocabulary, so a vocabulary change builds a new model instead of reusing one
     # whose tokenizer no longer matches the generator
-    from kv_transition.data.vocab import vocabulary
-
     digest = hashlib.sha256("\n".join(vocabulary()).encode()).hexdigest()[:8]
     out_dir = models_root / f"builtin-{TINY_RANDOM}-{digest}"
     if not (out_dir / "config.json").is_file():

@@ -21,11 +21,13 @@ from kv_transition.data import prompt as prompt_tpl
 from kv_transition.engines.base import (EngineError, GenerationRequest, GenerationResult,
                                          median_or_none)
 from kv_transition.engines.builtin import is_builtin, resolve_builtin
+from kv_transition.engines.shapes import build_random_model
 from kv_transition.errors import BadInput
 from kv_transition.kv.bounded import extend_masks, full_layer_tokens
 from kv_transition.kv.quant.accounting import cache_accounting, kv_shape
 from kv_transition.kv.quant.cache import attention_modules, compressing
-from kv_transition.kv.registry import make_cache, make_press, policy_spec
+from kv_transition.kv.registry import make_cache, make_press
+from kv_transition.policy.spec import policy_spec
 from kv_transition.settings import ModelConfig, PressConfig, QuantConfig
 
 
@@ -173,8 +175,6 @@ class HFEngine:
         try:
             tok = AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
             if self.model_cfg.init == "random":  # systems mode: real shape, random weights
-                from kv_transition.engines.shapes import build_random_model
-
                 model = build_random_model(self.model_cfg.shape, self.dtype, self.device, attn)
                 if len(tok) > model.config.vocab_size:
                     raise BadInput(f"model.tokenizer has {len(tok)} tokens, more than shape "

@@ -44,7 +44,7 @@ from kv_transition.engines.endpoints import api_key, configured_base_urls, resol
 from kv_transition.engines.openai_stream import MalformedChunk, StreamAssembly
 from kv_transition.engines.sse import DONE, LineSplitter, SSEDecoder
 from kv_transition.errors import BadInput
-from kv_transition.run.retries import acall_with_retries
+from kv_transition.engines.retries import acall_with_retries
 from kv_transition.settings import Settings
 
 REACHABILITY_TIMEOUT_S = 5.0

@@ -21,8 +21,11 @@ from typing import Any, Iterator
 import torch
 
 from kv_transition.engines.base import GenerationRequest, GenerationResult
+from kv_transition.engines.hf import (PrefillState, cache_bytes, clear_masks,
+                                      request_failures)
 from kv_transition.kv.bounded import sliding_layer_ids
-from kv_transition.kv.registry import make_press, policy_spec
+from kv_transition.kv.registry import make_press
+from kv_transition.policy.spec import policy_spec
 
 Setting = tuple[str, float]  # (policy, budget)
 
@@ -77,8 +80,6 @@ def prefill_settings(engine, ids: torch.Tensor, settings: list[Setting]):
     """One forward over ``ids``; returns ({setting: PrefillState}, forward seconds, compress seconds)."""
     from transformers import DynamicCache
 
-    from kv_transition.engines.hf import PrefillState, cache_bytes, clear_masks
-
     presses, applied = {}, {}
     for policy, budget in settings:
         presses[(policy, budget)], applied[(policy, budget)] = make_press(
@@ -124,8 +125,6 @@ def generate_settings(engine, req: GenerationRequest,
 
 def _generate_group(engine, req: GenerationRequest,
                     settings: list[Setting]) -> dict[Setting, GenerationResult]:
-    from kv_transition.engines.hf import request_failures
-
     ctx_ids, q_ids = engine.encode(req)
     engine.check_length(ctx_ids, q_ids, req.max_tokens)
     engine.reset_peak()
@@ -141,8 +140,6 @@ def _generate_group(engine, req: GenerationRequest,
 def _finish(engine, req: GenerationRequest, state, prefill_s: float, ctx_ids, q_ids,
             group: int) -> GenerationResult:
     """Question (if asked after compression) and decoding for one setting; times are its own."""
-    from kv_transition.engines.hf import cache_bytes
-
     start = engine.now()
     if not req.query_aware:
         engine.extend(state, q_ids)

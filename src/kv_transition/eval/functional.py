@@ -1,25 +1,22 @@
 """Functional scorers: pass@1 by running the code in the sandbox, and tool-call checks.
 
 Both are registered in ``eval.metrics.METRICS`` (``pass_at_1``, ``tool_call``), so ``score``
-dispatches them like any metric and ``scores.acc`` is the primary outcome. The parts of a tool
-call (valid JSON, function name, arguments exact and per argument, schema-valid) and the
-sandbox's verdict (exit status, timeout) go to ``functional_scores``, written by
-``score_functional`` during the ``score`` phase: it runs the sandbox in parallel first, and the
-metric then finds each program's result in the cache instead of running it again.
+dispatches them like any metric and ``scores.acc`` is the primary outcome. The functional
+canary's task (``canary/task.py``) pairs them with its data source; the parts of a tool call
+(valid JSON, function name, arguments exact and per argument, schema-valid) and the sandbox's
+verdict (exit status, timeout) go to its ``functional_scores`` table (``canary/score.py``), which
+runs the sandbox in parallel first, so the metric then finds each program's result in the cache
+instead of running it again.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kv_transition.db.connect import transaction
 from kv_transition.eval.sandbox import SandboxResult, run_python
 
 CODE_TIMEOUT_S = 10.0  # per program; an item's meta["timeout_s"] overrides it
@@ -121,53 +118,3 @@ def tool_call(pred: str, golds: list[str], meta: dict) -> float:
 
 
 METRICS = {"pass_at_1": pass_at_1, "tool_call": tool_call}
-
-
-# ---------------------------------------------------------------- the functional_scores table
-
-_FUNCTIONAL_ANSWERS = """
-SELECT r.request_id, s.text, s.finish_reason, e.meta_json
-FROM requests r
-JOIN responses s ON s.request_id = r.request_id
-JOIN runs u ON u.run_id = r.run_id
-JOIN manifest_entries m ON m.entry_id = r.entry_id
-JOIN examples e ON e.dataset_id = m.dataset_id AND e.example_id = m.example_id
-WHERE u.exp_group_id = ? AND json_extract(e.meta_json, '$.metric') IN ('pass_at_1', 'tool_call')
-"""
-
-
-def _row(request_id: int, text: str, failed: bool, meta: dict) -> tuple:
-    """One functional_scores row; an engine error or timeout scores as a failure, unrun."""
-    if meta["metric"] == "tool_call":
-        t = score_tool_call("" if failed else text, meta)
-        return (request_id, "tool", int(t.acc), None, None, None, None, None,
-                int(t.valid_json), int(t.name_ok), int(t.args_exact), t.args_match,
-                int(t.schema_valid))
-    if failed or not text.strip():
-        return (request_id, "code", 0, None, 0, None, None, "no answer") + (None,) * 5
-    res = code_result(text, meta)
-    return (request_id, "code", int(res.passed), res.exit_code, int(res.timed_out),
-            round(res.duration, 4), res.isolation, res.stderr[-400:]) + (None,) * 5
-
-
-def score_functional(conn: sqlite3.Connection, exp_group_id: str,
-                     workers: int | None = None) -> int:
-    """Score every functional answer of the group into ``functional_scores``; returns the count.
-
-    Sandbox runs go in parallel (each is a separate process, so threads suffice); results are
-    cached, so the ``pass_at_1`` metric that ``score`` calls afterwards does not run them again.
-    """
-    rows = conn.execute(_FUNCTIONAL_ANSWERS, (exp_group_id,)).fetchall()
-    jobs = [(r["request_id"], r["text"], r["finish_reason"] in ("error", "timeout"),
-             json.loads(r["meta_json"])) for r in rows]
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        scored = list(pool.map(lambda job: _row(*job), jobs))
-    with transaction(conn):
-        conn.executemany("DELETE FROM functional_scores WHERE request_id=?",
-                         [(j[0],) for j in jobs])
-        conn.executemany(
-            "INSERT INTO functional_scores(request_id, kind, passed, exit_code, timed_out, "
-            "duration_s, sandbox, stderr_tail, valid_json, name_ok, args_exact, args_match, "
-            "schema_valid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", scored)
-    return len(scored)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kv_transition.errors import BadInput
+from kv_transition.eval import functional
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -152,15 +153,6 @@ def _needs_jieba(name: str) -> Callable[..., float]:
     return refuse
 
 
-def _functional(name: str) -> Callable[..., float]:
-    """pass_at_1 / tool_call (eval/functional.py), imported on first use: it needs the sandbox."""
-    def score(pred: str, golds: list[str], meta: dict) -> float:
-        from kv_transition.eval import functional
-
-        return functional.METRICS[name](pred, golds, meta)
-    return score
-
-
 METRICS: dict[str, Callable[[str, list[str], dict], float]] = {
     "ruler_all": lambda pred, golds, meta: string_match_all(pred, golds),
     "ruler_part": lambda pred, golds, meta: string_match_part(pred, golds),
@@ -174,8 +166,8 @@ METRICS: dict[str, Callable[[str, list[str], dict], float]] = {
     "code_sim": _best(code_sim_score),
     "qa_f1_zh": _needs_jieba("qa_f1_zh"),
     "rouge_zh": _needs_jieba("rouge_zh"),
-    "pass_at_1": _functional("pass_at_1"),
-    "tool_call": _functional("tool_call"),
+    "pass_at_1": functional.pass_at_1,  # the functional canary's scorers (canary/task.py)
+    "tool_call": functional.tool_call,
 }
 
 # LongBench keeps only the first line of the prediction for these few-shot tasks, whose

@@ -1,10 +1,9 @@
-"""Policies defined in the config from any kvpress press (``press_catalog.PressDef``).
+"""Presses built from policies defined in the config from any kvpress press
+(``press_catalog.PressDef``).
 
-The budget goes to exactly one press of the definition: the first, outer before inner and in
-list order, whose budget field (``press_catalog.Press.budget``) is not fixed in ``params``. So
-``AdaKVPress`` around ``SnapKVPress`` sets SnapKV's ratio, and in a ``ComposedPress`` the first
-free press takes the budget while the others keep the ratios their ``params`` fix (kvpress's
-default 0.0: no compression).
+The budget goes to exactly one press of the definition (``policy.spec.budget_holder``): the
+first, outer before inner and in list order, whose budget field is not fixed in ``params``.
+The definition was checked and registered as a policy at config load (``policy/spec.py``).
 """
 
 from __future__ import annotations
@@ -12,38 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from kv_transition.errors import BadInput
-from kv_transition.press_catalog import (LIST_INNER, PRESSES, RATIO, SCORER, PressDef,
-                                         observation_window)
-
-
-def budget_holder(definition: PressDef) -> PressDef | None:
-    """The press of the tree whose budget field the budget sets (None: no press takes one)."""
-    info = PRESSES[definition.press]
-    if info.budget is not None and info.budget not in definition.params:
-        return definition
-    if info.fixes_budget:  # its params decide what the wrapped press keeps
-        return None
-    for inner in definition.inners():
-        if (holder := budget_holder(inner)) is not None:
-            return holder
-    return None
-
-
-def spec_fields(name: str, definition: PressDef) -> dict[str, Any]:
-    """The registry's ``PolicySpec`` fields for a defined policy; ValueError when no budget
-    can reach it."""
-    if budget_holder(definition) is None:
-        raise ValueError(f"policy {name!r} ({definition.describe()}): no press in it takes a "
-                         "budget, so kv.budgets would not change what it does; leave one press's "
-                         "budget field out of params")
-    presses = definition.tree()
-    # Only a lone scorer is a pure function of one layer's prefill inputs (the condition for
-    # the shared prefill); wrappers mask, chunk or re-rotate around the press they wrap.
-    alone = len(presses) == 1 and PRESSES[definition.press].role == SCORER
-    return {"name": name, "family": "eviction", "press": definition.press,
-            "needs_attention_weights": any(PRESSES[p.press].attention_weights for p in presses),
-            "shared_prefill": alone, "description": definition.describe(),
-            "definition": definition}
+from kv_transition.policy.spec import budget_holder
+from kv_transition.press_catalog import LIST_INNER, PRESSES, RATIO, PressDef, observation_window
 
 
 def _budget_value(definition: PressDef, budget: float, n_context_tokens: int) -> tuple[str, Any]:

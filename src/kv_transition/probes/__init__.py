@@ -4,5 +4,6 @@
 attention) of selected layers and heads for every position while a model generates; ``store``
 streams them to per-layer ``.npz`` files or the database; ``metrics`` and ``temporal`` turn them
 into novelty time series and their statistics; ``compression`` relates novelty to what each
-eviction policy keeps; ``run`` drives it all for ``kv-transition novelty``.
+eviction policy keeps. The command that drives it all, ``kv-transition novelty``, is
+``novelty.py`` beside ``pipeline.py``.
 """

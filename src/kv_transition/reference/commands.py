@@ -11,10 +11,13 @@ from typing import Optional
 
 import typer
 
+from kv_transition import paths
 from kv_transition.console import guard as _guard
 from kv_transition.console import say as _say
 from kv_transition.console import state as _state
 from kv_transition.errors import BadInput
+from kv_transition.reference import evaluate as ev
+from kv_transition.reference.model import hardware
 
 reference_app = typer.Typer(no_args_is_help=True, help=(
     "Train and evaluate the bundled reference model (see "
@@ -76,6 +79,7 @@ def train_cmd(
 ) -> None:
     """Train the reference model into --out (deterministic given --seed)."""
     def step():
+        # lazy: the reference model's training imports torch, which CLI start-up must not load
         from kv_transition.reference.dataset import DataPlan
         from kv_transition.reference.train import TrainConfig, train
 
@@ -129,10 +133,6 @@ def eval_cmd(
 ) -> None:
     """Full-cache (and optionally compressed) accuracy per task × length, as a Markdown table."""
     def step():
-        from kv_transition import paths
-        from kv_transition.reference import evaluate as ev
-        from kv_transition.reference.model import hardware
-
         settings = [("full", 1.0)] + [(p.strip(), b) for p in policies.split(",") if p.strip()
                                       for b in _floats("--budgets", budgets)]
         plan = ev.EvalPlan(model=model, lengths=_ints("--lengths", lengths), n=n, seed=seed,

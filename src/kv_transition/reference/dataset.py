@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kv_transition.data import prompt as prompt_tpl
-from kv_transition.data import synthetic
+from kv_transition.data import synthetic, vocab
 from kv_transition.data.normalize import Example
 from kv_transition.reference import formats, qa, repeats
 from kv_transition.reference.model import digit_ids, special_ids, word_tokenizer
@@ -34,8 +34,13 @@ IGNORE = -100  # label of tokens without loss (torch's cross_entropy ignore_inde
 # Multi-key weighs most: it asks four questions of one context, the densest supervision, and
 # it is the haystack the functional canary uses. Variable tracking (multi-hop) is left out: a
 # 1 M-parameter model on a 2.5-hour CPU budget does not learn it (see the card).
-DEFAULT_FAMILY_WEIGHTS = {"niah_single": 1.0, "niah_multikey": 2.0, "niah_multivalue": 1.0,
-                          "niah_multiquery": 1.0}
+# ``recall`` steps are contexts of needles only (1 to RECALL_MAX_NEEDLES of them, no haystack),
+# every key asked: the key -> value binding in its barest form, where a probe saw it form after
+# a few hundred steps with two needles while the haystack recipes stayed at chance (recipe G).
+RECALL = "recall"
+RECALL_MAX_NEEDLES = 8
+DEFAULT_FAMILY_WEIGHTS = {RECALL: 2.0, "niah_single": 1.0, "niah_multikey": 2.0,
+                          "niah_multivalue": 1.0, "niah_multiquery": 1.0}
 DEFAULT_FORMAT_WEIGHTS = {formats.TEXT: 2.0, formats.PYTHON: 1.0, formats.JSON: 1.0}
 
 
@@ -77,6 +82,17 @@ def _generate(family: str, step: int, j: int, length: int, seed: int, depth: flo
     # The generator's per-example builder is used directly because training needs a fresh
     # depth per example; the public generate_examples spreads depths over a fixed grid of n.
     return synthetic.make_example(f"train-{step}", family, j, length, seed, depth, count)
+
+
+def recall_example(step: int, j: int, count: int, rng: random.Random) -> Example:
+    """A context of ``count`` needles in the generator's wording, nothing else."""
+    keys = rng.sample(vocab.KEYS, count)
+    values = [str(rng.randrange(10 ** (synthetic.NIAH_DIGITS - 1), 10 ** synthetic.NIAH_DIGITS))
+              for _ in keys]
+    context = " ".join(synthetic.needle(k, v) for k, v in zip(keys, values))
+    question, prefix = qa.single_key_question(keys[0])
+    return Example(f"recall-{step}-{j}", question, context, [values[0]],
+                   {"task": "niah_multikey"}, prefix)
 
 
 def build_sequence(tok, example: Example, asks: list[qa.Ask], rng: random.Random | None = None,
@@ -139,6 +155,8 @@ class StepBatches(torch.utils.data.Dataset):
         length = rng.randint(plan.min_len, plan.length_cap(step, self.gate_step))
         count = lambda text: len(self.tok.encode(text, add_special_tokens=False).ids)  # noqa: E731
         family = rng.choices(list(plan.family_weights), list(plan.family_weights.values()))[0]
+        if family == RECALL:
+            return self._recall_batch(step, rng)
         sequences = []
         for j in range(max(1, plan.tokens_per_step // length)):
             example = _generate(family, step, j, length, plan.seed, rng.random(), count)
@@ -146,4 +164,20 @@ class StepBatches(torch.utils.data.Dataset):
             sequences.append(build_sequence(self.tok, example, asks, rng, plan.repeat_spans))
         batch = collate(sequences, special_ids(self.tok)["pad"])
         batch["context_tokens"] = torch.tensor(length)
+        return batch
+
+    def _recall_batch(self, step: int, rng: random.Random) -> dict[str, torch.Tensor]:
+        """Needle-only rows until the step's token budget is spent (questions included).
+
+        One needle count per step, as one family per step: rows of about one length, little
+        padding (a count per row made a batch ~4x its tokens in padding).
+        """
+        sequences, spent, count = [], 0, rng.randint(1, RECALL_MAX_NEEDLES)
+        while spent < self.plan.tokens_per_step:
+            example = recall_example(step, len(sequences), count, rng)
+            asks = qa.asks_for(example, rng, self.plan.format_weights)
+            sequences.append(build_sequence(self.tok, example, asks))
+            spent += len(sequences[-1][0])
+        batch = collate(sequences, special_ids(self.tok)["pad"])
+        batch["context_tokens"] = torch.tensor(max(len(ids) for ids, _ in sequences))
         return batch

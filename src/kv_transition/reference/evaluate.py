@@ -21,8 +21,9 @@ from kv_transition.data.synthetic import generate_examples
 from kv_transition.engines.base import EngineError, GenerationRequest
 from kv_transition.errors import BadInput
 from kv_transition.eval.metrics import score_prediction
+from kv_transition.policy.spec import policy_spec
 from kv_transition.reference import formats, qa
-from kv_transition.settings import SYNTHETIC_TASKS
+from kv_transition.settings import SYNTHETIC_TASKS, ModelConfig, PressConfig
 
 TARGET_ACC = 0.95  # issue 3: full-cache accuracy on every task at every length
 # The families the CPU recipe trains (reference/dataset.py); variable tracking is not one.
@@ -118,8 +119,8 @@ def _run_cell(engine, cell: Cell, examples: list[Example], plan: EvalPlan, polic
 
 
 def _engine(plan: EvalPlan, models_root: Path):
+    # lazy: imports torch; cli.py imports this module at start-up (reference/commands.py)
     from kv_transition.engines.hf import HFEngine
-    from kv_transition.settings import ModelConfig, PressConfig
 
     return HFEngine(ModelConfig(name=plan.model, dtype=plan.dtype, device=plan.device),
                     PressConfig(), models_root)
@@ -132,8 +133,6 @@ def resolved_device(device: str) -> str:
 
 
 def _check(plan: EvalPlan) -> None:
-    from kv_transition.kv.registry import policy_spec
-
     if not plan.tasks or set(plan.tasks) - set(SYNTHETIC_TASKS):
         raise BadInput(f"--tasks {','.join(plan.tasks)!r}: give one or more of "
                        f"{', '.join(SYNTHETIC_TASKS)}")

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kv_transition.db.connect import transaction
-from kv_transition.kv.registry import BASELINE_POLICY
+from kv_transition.engines.endpoints import resolve_base_url
+from kv_transition.policy.spec import BASELINE_POLICY
 from kv_transition.run.integrity import check_integrity, store_verdicts
 from kv_transition.run.leases import POLL_S, Claimer
 from kv_transition.run.runner import Setting, compute_all, ensure_requests, entry_tasks, record
@@ -46,8 +47,6 @@ def _create_run(conn: sqlite3.Connection, settings: Settings, ds_id: str, policy
                 budget: float) -> int:
     base_url = None
     if settings.engine.kind == "openai":
-        from kv_transition.engines.endpoints import resolve_base_url
-
         # data-parallel servers under Ray each serve every setting: the run names them all
         base_url = ",".join(settings.run.ray.base_urls) or \
             resolve_base_url(settings.engine, policy, budget)
@@ -98,6 +97,7 @@ def run_grid(conn: sqlite3.Connection, settings: Settings, ds_id: str, engine_fa
         return 0
     groups = plan_groups(settings, grid, left)
     if settings.run.executor == "ray":
+        # lazy: not for torch, for a cycle: ray_executor imports this module's grid and bar
         from kv_transition.run.ray_executor import run_ray
 
         return run_ray(conn, settings, ds_id, groups, sum(left.values()), models_root,

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from kv_transition.engines.factory import make_engine
 from kv_transition.errors import BadInput
 from kv_transition.run.integrity import check_integrity
 from kv_transition.run.runner import Answer, EntryTask, Setting, compute_all
@@ -33,8 +34,6 @@ def actor_base_url(base_urls: list[str], slot: int) -> str | None:
 class SweepActor:
     def __init__(self, settings_data: dict, models_root: str | None, grid: list[Setting],
                  base_url: str | None):
-        from kv_transition.engines.factory import make_engine
-
         self.settings = pinned_to(Settings.model_validate(settings_data), base_url)
         self.warm: set[tuple[Setting, ...]] = set()
         self.engine, self.error = None, None

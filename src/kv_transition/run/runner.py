@@ -15,7 +15,7 @@ from typing import Iterator
 from kv_transition.data import prompt as prompt_tpl
 from kv_transition.db.connect import transaction
 from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
-from kv_transition.run.retries import call_with_retries
+from kv_transition.engines.retries import call_with_retries
 from kv_transition.run.telemetry import failure_result, record_batch
 from kv_transition.settings import RequestConfig, Settings
 
@@ -110,6 +110,7 @@ def compute(engine, task: EntryTask, retry: RequestConfig) -> list[Answer]:
     start = time.perf_counter()
     try:
         if task.shared:
+            # lazy: imports torch, which an HTTP-only run never needs
             from kv_transition.engines.shared_prefill import generate_settings
 
             group = [setting for _, setting in task.rows]

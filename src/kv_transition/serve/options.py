@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from kv_transition.errors import BadInput
-from kv_transition.kv.registry import BASELINE_POLICY, POLICIES
+from kv_transition.policy.spec import BASELINE_POLICY, POLICIES
 from kv_transition.serve.protocol import ApiError
 from kv_transition.settings import ServeConfig
 

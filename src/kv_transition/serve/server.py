@@ -10,6 +10,7 @@ from typing import Any, Callable
 import uvicorn
 
 from kv_transition import paths
+from kv_transition.engines.factory import make_engine
 from kv_transition.serve.app import ServerState, create_app
 from kv_transition.serve.metrics import ServerMetrics
 from kv_transition.serve.options import ServeOptions, resolve_options
@@ -20,8 +21,6 @@ from kv_transition.settings import EngineConfig, Settings
 def load_engine(settings: Settings, home: Path, warm: tuple[str, float] = ("full", 1.0)) -> Any:
     """The in-process engine the config describes, built as `run` builds it for engine.kind hf
     (so whatever the factory adds, quantized caches included, is served too)."""
-    from kv_transition.engines.factory import make_engine
-
     hf_settings = settings.model_copy(update={"engine": EngineConfig(kind="hf")})
     engine = make_engine(hf_settings, paths.models_dir(home), [])
     engine.warmup(*warm)  # lazy init (and the press's imports) off the first request's clock

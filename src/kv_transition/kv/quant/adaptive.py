@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from kv_transition.kv.quant.accounting import reference_bytes
 from kv_transition.kv.quant.cache import resident, Unsupported
-from kv_transition.kv.quant.policies import ADAPTIVE_WIDTHS
 from kv_transition.kv.quant.quantizers import QuantTensor, quantize
+from kv_transition.policy.quant import ADAPTIVE_WIDTHS
+from kv_transition.policy.widths import reference_bytes
 
 POSITION_BYTES = 4  # int32 position of each stored token
 PROTECTED_BITS = max(ADAPTIVE_WIDTHS)

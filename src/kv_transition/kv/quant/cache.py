@@ -23,8 +23,9 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from kv_transition.kv.bounded import applying
-from kv_transition.kv.quant.accounting import LayerSpec, TensorSpec, kv_shape, quantized_tokens
+from kv_transition.kv.quant.accounting import kv_shape
 from kv_transition.kv.quant.quantizers import QuantTensor, quantize
+from kv_transition.policy.widths import LayerSpec, TensorSpec, quantized_tokens
 
 
 def resident(t: torch.Tensor | None) -> int:

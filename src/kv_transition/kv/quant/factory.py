@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kv_transition.kv.quant.accounting import (kv_shape, payload_ratio, steady_true_ratio,
-                                               token_group)
+from kv_transition.kv.quant.accounting import kv_shape
 from kv_transition.kv.quant.adaptive import AdaptiveKVCache
 from kv_transition.kv.quant.cache import QuantizedKVCache
-from kv_transition.kv.quant.policies import (ADAPTIVE_WIDTHS, eviction_keep, parse_quant,
-                                             resolve_widths)
+from kv_transition.policy.quant import ADAPTIVE_WIDTHS, eviction_keep, parse_quant, resolve_widths
+from kv_transition.policy.widths import payload_ratio, steady_true_ratio, token_group
 
 if TYPE_CHECKING:
     from kv_transition.settings import QuantConfig

@@ -1,4 +1,4 @@
-"""Functional task sources: code that must run, tool calls that must parse, held-out texts.
+"""The canary's data source: code that must run, tool calls that must parse, held-out texts.
 
 Offline families (``dataset.name: functional``), all built on the synthetic generator's
 multi-key haystack (four key/value needles, one asked, three distractors), sized in tokens of

@@ -19,19 +19,19 @@ Budgets (DESIGN.md: a budget is a fraction of the 16-bit cache):
   * ``adaptive`` treats the budget as the true ratio, metadata included, per layer and request;
   * in ``EVICTION+QUANT`` the quantization widths must be named, and the press keeps
     min(1, budget / nominal) of the tokens, so the budget is the product of the two.
+
+No torch here: config validation checks names and budgets with these rules, and
+``kv/quant/factory.py`` builds the caches from what they resolve.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 
-from kv_transition.kv.quant.accounting import (LayerSpec, TensorSpec, bits_per_element,
-                                               steady_true_ratio, token_group)
-
-if TYPE_CHECKING:
-    from kv_transition.settings import QuantConfig
+from kv_transition.policy.widths import (LayerSpec, TensorSpec, bits_per_element,
+                                         steady_true_ratio, token_group)
 
 FIXED_UNIFORM = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 UNIFORM_WIDTHS = (8, 4, 3, 2)  # what ``int`` chooses from, widest first
@@ -53,6 +53,16 @@ DESCRIPTIONS = {
 }
 NAMES_HELP = ("int8, int4, int3, int2, int, kivi, kivi-kXvY (X, Y in 2, 4, 8), adaptive, or "
               "EVICTION+QUANT such as snapkv+int4")
+
+
+class QuantOptions(Protocol):
+    """What these rules read of ``settings.QuantConfig`` (``kv.quant``), which sits above them."""
+
+    group_size: int
+    residual_length: int
+    axis: str
+    key_bits: int | None
+    value_bits: int | None
 
 
 @dataclass(frozen=True)
@@ -87,8 +97,11 @@ def kivi_width_error(key_bits: int, value_bits: int) -> str | None:
             "exist only for the uniform int3 and adaptive caches)")
 
 
-def parse_quant(name: str, cfg: "QuantConfig") -> QuantPolicy:
-    """The quantization policy a name means; ValueError for a name that cannot be built."""
+def parse_quant(name: str, cfg: QuantOptions | None = None) -> QuantPolicy:
+    """The quantization policy a name means; ValueError for a name that cannot be built.
+
+    Without ``cfg`` (the name alone, as config validation checks it) plain ``kivi`` takes its
+    widths from the budget, as with the default ``kv.quant``."""
     if name in FIXED_UNIFORM:
         bits = FIXED_UNIFORM[name]
         return QuantPolicy(name, "int", bits, bits, "name")
@@ -97,7 +110,7 @@ def parse_quant(name: str, cfg: "QuantConfig") -> QuantPolicy:
     if name == "adaptive":
         return QuantPolicy(name, "adaptive", None, None, "budget")
     if name == "kivi":
-        if cfg.key_bits is not None:
+        if cfg is not None and cfg.key_bits is not None:
             return QuantPolicy(name, "kivi", cfg.key_bits, cfg.value_bits, "config")
         return QuantPolicy(name, "kivi", None, None, "budget")
     match = _KIVI_NAME.match(name)
@@ -148,7 +161,7 @@ def eviction_keep(quant: str, budget: float) -> float:
 
 # ---------------------------------------------------------------- widths for a budget
 
-def layer_spec(policy: QuantPolicy, key_bits: int, value_bits: int, cfg: "QuantConfig",
+def layer_spec(policy: QuantPolicy, key_bits: int, value_bits: int, cfg: QuantOptions,
                head_dim: int) -> LayerSpec:
     """Concrete widths, axes and group sizes for a model with ``head_dim`` channels per head."""
     per_token = token_group(head_dim, cfg.group_size)
@@ -164,7 +177,7 @@ def layer_spec(policy: QuantPolicy, key_bits: int, value_bits: int, cfg: "QuantC
                      TensorSpec(value_bits, "token", per_token), cfg.residual_length)
 
 
-def resolve_widths(policy: QuantPolicy, budget: float, cfg: "QuantConfig",
+def resolve_widths(policy: QuantPolicy, budget: float, cfg: QuantOptions,
                    head_dim: int) -> tuple[LayerSpec, bool]:
     """(spec, fits): fixed widths as given, otherwise the widest whose true ratio fits."""
     if policy.fixed:
@@ -183,7 +196,7 @@ def adaptive_floor(group: int) -> float:
     return bits_per_element(TensorSpec(min(ADAPTIVE_WIDTHS), "token", group)) / 16
 
 
-def check_setting(name: str, budget: float, cfg: "QuantConfig",
+def check_setting(name: str, budget: float, cfg: QuantOptions,
                   eviction_names: Iterable[str]) -> None:
     """Config-time check of one grid cell; head_dim is unknown, so groups are taken whole."""
     evict, quant = split_policy(name, eviction_names)

@@ -20,10 +20,13 @@ from typing import Any
 
 import torch
 
-from kv_transition.data.functional import heldout_documents, text_hash
+from kv_transition.canary.source import heldout_documents, text_hash
 from kv_transition.db.connect import transaction
-from kv_transition.errors import BadInput
+from kv_transition.engines.factory import make_engine
 from kv_transition.engines.hf import uneven_layers
+from kv_transition.engines.tokenizer import load_counter
+from kv_transition.errors import BadInput
+from kv_transition.run.orchestrate import plan_grid
 from kv_transition.settings import PerplexityConfig, Settings
 
 
@@ -105,8 +108,6 @@ def check_source(settings: Settings, models_root: Path) -> None:
     cfg = settings.canary.perplexity
     if cfg is None or cfg.path is None:
         return
-    from kv_transition.engines.tokenizer import load_counter
-
     count, _ = load_counter(settings, models_root)
     size = cfg.prefix_tokens + cfg.continuation_tokens
     available = sum(count(text) // size for _, text in heldout_documents(cfg, count))
@@ -120,8 +121,6 @@ def check_source(settings: Settings, models_root: Path) -> None:
 def _settings_left(conn: sqlite3.Connection, settings: Settings, ds_id: str,
                    n_texts: int) -> list[tuple[int, str, float, set[str]]]:
     """(run_id, policy, budget, windows done) for every grid setting with windows missing."""
-    from kv_transition.run.orchestrate import plan_grid
-
     left = []
     for policy, budget in plan_grid(settings):
         row = conn.execute(
@@ -148,8 +147,6 @@ def run_perplexity(conn: sqlite3.Connection, settings: Settings, ds_id: str,
     left = _settings_left(conn, settings, ds_id, cfg.n_texts)
     if not left:
         return 0
-    from kv_transition.engines.factory import make_engine
-
     engine = make_engine(settings, models_root, [(p, b) for _, p, b, _ in left])
     written = 0
     try:

@@ -19,12 +19,16 @@ import numpy as np
 
 from kv_transition import paths
 from kv_transition.db.connect import transaction
+from kv_transition.engines.hf import HFEngine
 from kv_transition.errors import BadInput
+from kv_transition.pipeline import Experiment, record_experiment
 from kv_transition.probes import db
 from kv_transition.probes.capture import KVCapture, captured_targets, resolve_heads, resolve_layers
 from kv_transition.probes.compression import n_kv_heads, run_press
 from kv_transition.probes.generate import encode_prompt, generate_with_capture
+from kv_transition.probes.plots import NOVELTY_PLOTS, write_novelty_plots
 from kv_transition.probes.prompts import ProbePrompt, prompt_seed, suite
+from kv_transition.probes.report import write_novelty_report
 from kv_transition.probes.series import (layer_series, link_rows, predictive_series,
                                          segment_slice, series_stats)
 from kv_transition.probes.store import DBSink, NpzSink, load_db, load_npz
@@ -45,7 +49,7 @@ class NoveltyOutcome:
 class _Probe:
     """What every prompt of one invocation shares."""
 
-    exp: object  # pipeline.Experiment
+    exp: Experiment
     conn: object
     engine: object
     layers: list[int]
@@ -67,12 +71,10 @@ def _policy_grid(settings) -> list[tuple[str, float]]:
     return [(p, b) for p, b in plan_grid(settings) if b < 1.0]
 
 
-def _load_engine(exp):
+def _load_engine(exp: Experiment) -> HFEngine:
     if exp.settings.engine.kind != "hf":
         raise BadInput(f"engine.kind {exp.settings.engine.kind!r}: the novelty probe reads the "
                        "model's cache in-process and needs engine.kind 'hf'")
-    from kv_transition.engines.hf import HFEngine
-
     return HFEngine(exp.settings.model, exp.settings.kv.press, paths.models_dir(exp.root))
 
 
@@ -194,12 +196,8 @@ def _probe_prompt(probe: _Probe, prompt: ProbePrompt, ids: list[int]) -> bool:
     return True
 
 
-def run_novelty(exp) -> NoveltyOutcome:
+def run_novelty(exp: Experiment) -> NoveltyOutcome:
     """The whole probe for ``exp``; returns where the figures and the report went."""
-    from kv_transition.pipeline import record_experiment
-    from kv_transition.probes.plots import NOVELTY_PLOTS, write_novelty_plots
-    from kv_transition.probes.report import write_novelty_report
-
     cfg = exp.settings.probes
     engine = _load_engine(exp)
     mcfg = engine.model.config

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from kv_transition.engines.base import EngineError
-from kv_transition.run.retries import MAX_BACKOFF_S, MAX_RETRY_AFTER_S, call_with_retries
+from kv_transition.engines.retries import MAX_BACKOFF_S, MAX_RETRY_AFTER_S, call_with_retries
 
 
 class Flaky:
