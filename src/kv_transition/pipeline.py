@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -83,8 +82,7 @@ def load_examples(settings: Settings, count_tokens: Callable[[str], int]) -> lis
     """The candidates of the task source the config names (prepare and refine bin them)."""
     cfg = settings.dataset
     if cfg.name == "synthetic":
-        # enough candidates that every bin can be filled, whatever n_bins is
-        n_each = math.ceil(cfg.n_per_bin * settings.binning.n_bins / len(cfg.lengths))
+        n_each = cfg.candidates_per_length(settings.binning.n_bins)
         return [ex for target in cfg.lengths
                 for ex in generate_examples(cfg.task, target, n_each, cfg.seed, count_tokens,
                                              families=cfg.tasks)]

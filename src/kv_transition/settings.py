@@ -6,6 +6,7 @@ Secrets never live here: ``engine.api_key_env`` names the environment variable.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +78,11 @@ class DatasetConfig(_Strict):
         if self.name == "functional" and self.task == "humaneval" and not self.path:
             raise ValueError("functional task 'humaneval' needs dataset.path (a local JSONL file)")
         return self
+
+    def candidates_per_length(self, n_bins: int) -> int:
+        """Examples a generated source makes at each target length: enough that every one of
+        ``n_bins`` quantile bins can hold ``n_per_bin``, whatever the lengths fall into."""
+        return math.ceil(self.n_per_bin * n_bins / len(self.lengths))
 
 
 class BinningConfig(_Strict):

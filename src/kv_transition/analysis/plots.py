@@ -16,7 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from kv_transition.analysis import queries
-from kv_transition.analysis.aggregate import run_memory
+from kv_transition.analysis.aggregate import MIB, run_memory
+from kv_transition.analysis.intervals import mean_interval
 from kv_transition.kv.registry import budget_label, is_token_budget
 
 PLOT_NAMES = ("acc_vs_len.png", "std_vs_len.png", "failrate_vs_len.png", "flip_vs_len.png",
@@ -192,9 +193,6 @@ def _memory_plot(conn: sqlite3.Connection, exp_group_id: str, runs: list[Row],
 def _acc_memory_points(conn: sqlite3.Connection, exp_group_id: str) -> dict[int, Row]:
     """Per run: mean accuracy with a 95% interval (intervals.mean_interval, clustered by
     context), and mean measured KV MiB per request."""
-    from kv_transition.analysis.aggregate import MIB
-    from kv_transition.analysis.intervals import mean_interval
-
     acc, kv, clusters = defaultdict(list), defaultdict(list), defaultdict(list)
     for r in queries.request_rows(conn, exp_group_id):
         acc[r["run_id"]].append(0.0 if r["acc"] is None else float(r["acc"]))

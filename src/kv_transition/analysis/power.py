@@ -19,8 +19,10 @@ from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
+from scipy.stats import beta, binom
 
 from kv_transition.analysis.aggregate import run_stats
+from kv_transition.analysis.intervals import wilson
 from kv_transition.analysis.transition import Policy, detect_group, growth_plan
 from kv_transition.settings import AnalysisConfig
 
@@ -190,8 +192,6 @@ def coverage(p: float, n: int, reps: int, seed: int, loss: float = 0.05) -> Row:
 
 
 def _jeffreys(k: int, n: int, ci: float) -> tuple[float, float]:
-    from scipy.stats import beta
-
     tail = (1 - ci) / 2
     return (0.0 if k == 0 else float(beta.ppf(tail, k + 0.5, n - k + 0.5)),
             1.0 if k == n else float(beta.ppf(1 - tail, k + 0.5, n - k + 0.5)))
@@ -202,10 +202,6 @@ def exact_coverage(p: float, n: int, ci: float = 0.95, method: str = "wilson",
     """Coverage of the Wilson (the stored one) or Jeffreys interval, or of ``interval(k, n)``,
     at accuracy p and n independent examples, computed exactly: the binomial probability of
     the counts k whose interval contains p."""
-    from scipy.stats import binom
-
-    from kv_transition.analysis.intervals import wilson
-
     bounds = interval or {"wilson": lambda k, n: wilson(k / n, n, ci),
                           "jeffreys": lambda k, n: _jeffreys(k, n, ci)}[method]
     return float(sum(binom.pmf(k, n, p) for k in range(n + 1)
@@ -218,8 +214,6 @@ def attainable_coverage(p: float, n: int, low: float = 0.93,
     of the counts whose interval contains p, a run of consecutive k for any sensible rule.
     Returns (the largest mass below ``low``, the masses within [low, high], the smallest above
     ``high``): an empty middle list means no deterministic interval can meet the band there."""
-    from scipy.stats import binom
-
     pmf = binom.pmf(np.arange(n + 1), n, p)
     cum = np.concatenate([[0.0], np.cumsum(pmf)])
     masses = sorted({round(float(cum[b] - cum[a]), 6) for a in range(n + 1)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any, Callable
@@ -128,7 +127,7 @@ def load_functional(cfg: DatasetConfig, n_bins: int,
             raise BadInput("dataset.task 'humaneval' needs dataset.path: a local HumanEval "
                            "JSONL file (task_id, prompt, test, entry_point per line)")
         return load_humaneval(cfg.path)
-    n_each = math.ceil(cfg.n_per_bin * n_bins / len(cfg.lengths))
+    n_each = cfg.candidates_per_length(n_bins)
     return [ex for target in cfg.lengths
             for ex in generate_functional(cfg.task, target, n_each, cfg.seed, count_tokens,
                                           cfg.show_tool_schema)]

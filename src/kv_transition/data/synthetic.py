@@ -55,7 +55,7 @@ class _Plan:
     depth_meta: dict = field(default_factory=dict)
 
 
-def _numbers(rng: random.Random, k: int, digits: int) -> list[str]:
+def numbers(rng: random.Random, k: int, digits: int) -> list[str]:
     """k distinct numbers with exactly ``digits`` digits (no leading zero)."""
     return [str(v) for v in rng.sample(range(10 ** (digits - 1), 10 ** digits), k)]
 
@@ -70,7 +70,7 @@ def needle(key: str, value: str) -> str:
 
 
 def _plan_single(rng: random.Random, depth: float) -> _Plan:
-    key, value = rng.choice(vocab.KEYS), _numbers(rng, 1, NIAH_DIGITS)[0]
+    key, value = rng.choice(vocab.KEYS), numbers(rng, 1, NIAH_DIGITS)[0]
     return _Plan(
         [(depth, needle(key, value))],
         f"What is the special magic number for {key} mentioned in the provided text?",
@@ -80,7 +80,7 @@ def _plan_single(rng: random.Random, depth: float) -> _Plan:
 
 def _plan_multikey(rng: random.Random, depth: float) -> _Plan:
     # The asked needle sits at the example's depth; the other keys are distractors.
-    keys, values = rng.sample(vocab.KEYS, N_NEEDLES), _numbers(rng, N_NEEDLES, NIAH_DIGITS)
+    keys, values = rng.sample(vocab.KEYS, N_NEEDLES), numbers(rng, N_NEEDLES, NIAH_DIGITS)
     depths = _spread(depth, N_NEEDLES)
     return _Plan(
         [(d, needle(k, v)) for d, k, v in zip(depths, keys, values)],
@@ -91,7 +91,7 @@ def _plan_multikey(rng: random.Random, depth: float) -> _Plan:
 
 def _plan_multivalue(rng: random.Random, depth: float) -> _Plan:
     # "One of the ..." (RULER's wording): several values share the key, so "The" would lie.
-    key, values = rng.choice(vocab.KEYS), _numbers(rng, N_NEEDLES, NIAH_DIGITS)
+    key, values = rng.choice(vocab.KEYS), numbers(rng, N_NEEDLES, NIAH_DIGITS)
     depths = _spread(depth, N_NEEDLES)
     return _Plan(
         [(d, f"One of the special magic numbers for {key} is: {v}.")
@@ -102,7 +102,7 @@ def _plan_multivalue(rng: random.Random, depth: float) -> _Plan:
 
 
 def _plan_multiquery(rng: random.Random, depth: float) -> _Plan:
-    keys, values = rng.sample(vocab.KEYS, N_NEEDLES), _numbers(rng, N_NEEDLES, NIAH_DIGITS)
+    keys, values = rng.sample(vocab.KEYS, N_NEEDLES), numbers(rng, N_NEEDLES, NIAH_DIGITS)
     depths = _spread(depth, N_NEEDLES)
     asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
     return _Plan(
@@ -113,7 +113,7 @@ def _plan_multiquery(rng: random.Random, depth: float) -> _Plan:
 
 
 def _plan_variable_tracking(rng: random.Random, depth: float) -> _Plan:
-    names, value = rng.sample(vocab.VARIABLE_NAMES, VT_HOPS + 1), _numbers(rng, 1, VT_DIGITS)[0]
+    names, value = rng.sample(vocab.VARIABLE_NAMES, VT_HOPS + 1), numbers(rng, 1, VT_DIGITS)[0]
     chain = [f"VAR {names[0]} = {value}."]
     chain += [f"VAR {new} = VAR {old}." for old, new in zip(names, names[1:])]
     depths = sorted(_spread(depth, len(chain)))  # sorted: each hop follows the one it reads

@@ -87,8 +87,7 @@ def _generate(family: str, step: int, j: int, length: int, seed: int, depth: flo
 def recall_example(step: int, j: int, count: int, rng: random.Random) -> Example:
     """A context of ``count`` needles in the generator's wording, nothing else."""
     keys = rng.sample(vocab.KEYS, count)
-    values = [str(rng.randrange(10 ** (synthetic.NIAH_DIGITS - 1), 10 ** synthetic.NIAH_DIGITS))
-              for _ in keys]
+    values = synthetic.numbers(rng, count, synthetic.NIAH_DIGITS)
     context = " ".join(synthetic.needle(k, v) for k, v in zip(keys, values))
     question, prefix = qa.single_key_question(keys[0])
     return Example(f"recall-{step}-{j}", question, context, [values[0]],

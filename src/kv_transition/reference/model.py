@@ -12,6 +12,7 @@ import os
 import platform
 from pathlib import Path
 
+from kv_transition.data.vocab import vocabulary
 from kv_transition.errors import BadInput
 
 # Numbers are split into groups of three digits: a 7-digit value is 3 tokens that rarely recur
@@ -36,15 +37,13 @@ SIZES: dict[str, dict[str, float]] = {
 
 def word_tokenizer():
     """The ``tokenizers`` object the data builder encodes with (same as the saved one)."""
-    from kv_transition.data.vocab import vocabulary
-    from kv_transition.data.word_tokenizer import build_word_tokenizer
+    from kv_transition.data.word_tokenizer import build_word_tokenizer  # lazy: `tokenizers`
 
     return build_word_tokenizer(vocabulary(), DIGIT_GROUP)
 
 
 def save_tokenizer(out_dir: Path) -> None:
-    from kv_transition.data.vocab import vocabulary
-    from kv_transition.data.word_tokenizer import save_word_tokenizer
+    from kv_transition.data.word_tokenizer import save_word_tokenizer  # lazy: `tokenizers`
 
     save_word_tokenizer(vocabulary(), out_dir, MAX_POSITIONS, DIGIT_GROUP)
 
@@ -68,7 +67,7 @@ def special_ids(tok) -> dict[str, int]:
 
 def digit_ids(tok) -> list[int]:
     """Ids of the digit-group tokens: the values answers are made of."""
-    from kv_transition.data.word_tokenizer import digit_strings
+    from kv_transition.data.word_tokenizer import digit_strings  # lazy: `tokenizers`
 
     return [tok.token_to_id(d) for d in digit_strings(DIGIT_GROUP)]
 
