@@ -63,6 +63,21 @@ def test_random_model_warning_and_missing_plots(dbh, tmp_path):
     assert "`plots/acc_vs_len.png` is missing" in text
 
 
+def test_no_accuracy_finding_when_the_full_cache_answers_nothing(dbh, tmp_path):
+    """Every Δ is 0 when nothing is right: no setting may be called matching or safe."""
+    wrong = [dbh.Outcome(0.0, "x")] * 6
+    runs = {("full", 1.0): [wrong] * 2, ("snapkv", 0.2): [wrong] * 2}
+    conn, _ = dbh.build_experiment(tmp_path / "x.sqlite", runs=runs,
+                                   bins=[(100, 200), (200, 400)])
+    cfg = AnalysisConfig(n_bootstrap=100)
+    compute_bin_stats(conn, "exp", cfg)
+    write_transitions(conn, "exp", cfg)
+    text = build_report(conn, "exp", tmp_path).read_text()
+    assert "No accuracy finding: the full cache answers no example correctly" in text
+    assert "Safe budget" not in text and "matches the full cache" not in text
+    assert text.count("No accuracy finding") == 2  # the summary's headline and the finding
+
+
 def test_report_before_analyze_is_bad_input(paired_db, tmp_path):
     conn, _ = paired_db
     with pytest.raises(BadInput, match="run `analyze` first"):

@@ -7,6 +7,7 @@ the template only lays them out. Nothing from the environment is read, so no sec
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -18,10 +19,12 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from kv_transition.analysis import queries
 from kv_transition.analysis.aggregate import CORRECT_AT, MIB, run_memory
 from kv_transition.analysis.plots import PLOT_NAMES, run_label, scope_label
+from kv_transition.analysis.power import PLANTED, SCENARIOS, zone_detection_rate
 from kv_transition.canary.sds import report_section as sds_section
 from kv_transition.probes.report import link_section as novelty_link_section
 from kv_transition.analysis.transition import bin_span, reference_words
 from kv_transition.errors import BadInput
+from kv_transition.kv.quant.accounting import ratios_from_notes
 from kv_transition.kv.registry import budget_label, is_token_budget
 
 Row = dict[str, Any]
@@ -270,12 +273,29 @@ def _best_kept(full: Row, budget: float) -> float:
     return bounded + (1 - bounded) * budget
 
 
+# A full cache that answers nothing leaves compression nothing to lose: every Δ is 0, so
+# "matches the full cache" and "safe budget" would be true and meaningless (issue 12 saw
+# "snapkv (0.2)" called safe on the random-weight default). Memory and instability still are.
+BASELINE_FAILS = ("No accuracy finding: the full cache answers no example correctly (accuracy 0 "
+                  "in every bin), so compression has nothing to lose and no setting can be "
+                  "called matching or safe. Use a model that solves the task at full cache.")
+
+
+def _baseline_fails(d: Row) -> bool:
+    accs = [s["acc_mean"] for base in d["baselines"].values()
+            for s in d["stats"].get(base["run_id"], [])]
+    return bool(accs) and all(not a for a in accs)
+
+
 def _findings(d: Row) -> list[str]:
     if not d["baselines"]:
         return ["No full-cache baseline run (policy 'full', budget 1.0): no paired deltas, "
                 "flip rates or safe budget can be computed."]
-    findings = [f for r in _compressed(d) if (f := _longest_bin_finding(r, d))]
-    findings += [_largest_drop_finding(d), _safe_budget_finding(d)]
+    if _baseline_fails(d):
+        findings = [BASELINE_FAILS]
+    else:
+        findings = [f for r in _compressed(d) if (f := _longest_bin_finding(r, d))]
+        findings += [_largest_drop_finding(d), _safe_budget_finding(d)]
     findings += _memory_findings(d)
     zones = [t for t in d["transitions"].values() if t["rationale"].get("verdict") == "transition"]
     findings.append(f"Transition zones with strong evidence: {len(zones)} of "
@@ -342,8 +362,6 @@ def _power_line(d: Row) -> str:
     at this many examples per bin (analysis/power.py, the code benchmarks/detector_power.py
     runs). Both are quoted: a zone where only failures rise is found less often than one
     where answers change too, and either rate alone would misstate the other."""
-    from kv_transition.analysis.power import PLANTED, SCENARIOS, zone_detection_rate
-
     ns = sorted(s["n"] for rows in d["stats"].values() for s in rows)
     if not ns:
         return ""
@@ -411,7 +429,8 @@ def _summary(d: Row, setup: Row, findings: list[str]) -> str:
     span = f"{min(b['token_min'] for b in bins)}–{max(b['token_max'] for b in bins)} tokens" \
         if bins else "unknown lengths"
     n_comp = len(_compressed(d))
-    headline = next((f for f in findings if f.startswith(("Largest", "No setting"))), "")
+    headline = next((f for f in findings
+                     if f.startswith(("Largest", "No setting", "No accuracy finding"))), "")
     return (f"This report compares {n_comp} compressed KV-cache setting(s) (policies "
             f"{setup['policies']}; budgets {setup['budgets']}) with the full cache for "
             f"{setup['models']} on {setup['datasets']}, over {len(bins)} context-length bins "
@@ -448,10 +467,6 @@ def layers_text(counts: Counter | None) -> str:
 def _accounting(conn: sqlite3.Connection, d: Row) -> Row:
     """Per run: nominal budget vs payload and true ratios against a 16-bit cache (means of the
     per-request figures the engine measured from the stored tensors)."""
-    import json
-
-    from kv_transition.kv.quant.accounting import ratios_from_notes
-
     notes: dict[int, list[Row]] = defaultdict(list)
     layers: dict[int, Counter] = defaultdict(Counter)
     for r in queries.request_rows(conn, d["experiment"]["exp_group_id"]):
@@ -485,8 +500,6 @@ def _systems_mode(config: Row) -> str | None:
 
 def _integrity(conn: sqlite3.Connection, exp_group_id: str) -> list[Row]:
     """The integration checks each compressing policy passed before its requests ran."""
-    import json
-
     rows = conn.execute("SELECT kv_policy, model_class, passed, checks_json FROM "
                         "integrity_checks WHERE exp_group_id=? ORDER BY kv_policy",
                         (exp_group_id,)).fetchall()
