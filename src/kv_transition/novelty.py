@@ -19,9 +19,10 @@ import numpy as np
 
 from kv_transition import paths
 from kv_transition.db.connect import transaction
-from kv_transition.engines.hf import HFEngine
+from kv_transition.engines.session import ModelSession
 from kv_transition.errors import BadInput
 from kv_transition.pipeline import Experiment, record_experiment
+from kv_transition.policy.spec import Setting
 from kv_transition.probes import db
 from kv_transition.probes.capture import KVCapture, captured_targets, resolve_heads, resolve_layers
 from kv_transition.probes.compression import n_kv_heads, run_press
@@ -33,7 +34,7 @@ from kv_transition.probes.series import (layer_series, link_rows, predictive_ser
                                          segment_slice, series_stats)
 from kv_transition.probes.store import DBSink, NpzSink, load_db, load_npz
 from kv_transition.probes.transitions import token_pieces, transition_mask
-from kv_transition.run.orchestrate import plan_grid
+from kv_transition.run.grid import plan_grid
 
 
 @dataclass
@@ -54,7 +55,7 @@ class _Probe:
     engine: object
     layers: list[int]
     heads: list[int] | None  # None: hidden states (no heads)
-    grid: list[tuple[str, float]]
+    grid: list[Setting]
 
     @property
     def cfg(self):
@@ -65,17 +66,17 @@ class _Probe:
         return self.exp.run_dir / "novelty"
 
 
-def _policy_grid(settings) -> list[tuple[str, float]]:
-    """The run's grid (one builder: run/orchestrate.py) without its baseline; budgets in tokens
+def _policy_grid(settings) -> list[Setting]:
+    """The run's grid (one builder: run/grid.py) without its baseline; budgets in tokens
     are left out, since the probe compares kept fractions across contexts."""
-    return [(p, b) for p, b in plan_grid(settings) if b < 1.0]
+    return [s for s in plan_grid(settings) if s.budget < 1.0]
 
 
-def _load_engine(exp: Experiment) -> HFEngine:
+def _load_engine(exp: Experiment) -> ModelSession:
     if exp.settings.engine.kind != "hf":
         raise BadInput(f"engine.kind {exp.settings.engine.kind!r}: the novelty probe reads the "
                        "model's cache in-process and needs engine.kind 'hf'")
-    return HFEngine(exp.settings.model, exp.settings.kv.press, paths.models_dir(exp.root))
+    return ModelSession(exp.settings.model, exp.settings.kv.press, paths.models_dir(exp.root))
 
 
 def _encode_all(engine, prompts: list[ProbePrompt], cap: int) -> dict[str, list[int]]:
@@ -116,8 +117,8 @@ def _capture(probe: _Probe, run_id: int, store_dir: Path, ids: list[int], seed: 
     heads = probe.heads if probe.heads is not None else [0]
     capture = KVCapture(probe.layers, heads, cfg.target, sink, cfg.max_positions)
     try:
-        gen = generate_with_capture(probe.engine.model, ids, capture, _max_new(probe, len(ids)),
-                                    cfg.temperature, seed, probe.engine.eos_ids)
+        gen = generate_with_capture(probe.engine, ids, capture, _max_new(probe, len(ids)),
+                                    cfg.temperature, seed)
     finally:
         sink.close()
     return gen
@@ -154,8 +155,7 @@ def _analyse(probe: _Probe, run_id: int, store_dir: Path, gen) -> dict:
     seg = segment_slice(probe.cfg.segment, gen.n_prompt, n)
     links = []
     for policy, budget in probe.grid:
-        outcome = run_press(probe.engine.model, gen.token_ids, policy, budget, probe.layers,
-                            probe.exp.settings.kv.press.model_dump())
+        outcome = run_press(probe.engine, gen.token_ids, policy, budget, probe.layers)
         links += link_rows(outcome, series, probe.layers, probe.heads, seg, probe.cfg)
     return {"series": series, "pieces": pieces, "transitions": transitions, "seg": seg,
             "stats": series_stats(series, transitions, seg, probe.cfg), "links": links}

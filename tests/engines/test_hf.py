@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from kv_transition.engines.base import EngineError, GenerationRequest
-from kv_transition.engines.hf import HFEngine, cache_bytes
+from kv_transition.engines.hf import HFEngine
+from kv_transition.engines.session import cache_bytes
 from kv_transition.errors import BadInput
 from kv_transition.settings import ModelConfig, PressConfig
 

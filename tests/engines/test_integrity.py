@@ -66,10 +66,10 @@ def test_sliding_window_layers_compressed_fail_the_check(tiny_gemma3, models_roo
 def test_a_press_that_compresses_nothing_fails(llama, monkeypatch):
     # injected fault: the engine gets no press for snapkv, as with a press that only works
     # inside kvpress's own pipeline; its answers would be the full cache's, labelled snapkv
-    import kv_transition.engines.hf as hf
+    import kv_transition.engines.session as session
 
-    real = hf.make_press
-    monkeypatch.setattr(hf, "make_press", lambda policy, *a: (None, {}) if policy == "snapkv"
+    real = session.make_press
+    monkeypatch.setattr(session, "make_press", lambda policy, *a: (None, {}) if policy == "snapkv"
                         else real(policy, *a))
     verdict = check_policy(llama, "snapkv")
     assert [c["check"] for c in verdict.checks if not c["passed"]] == ["applied"]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from kv_transition.engines.base import GenerationRequest
-from kv_transition.engines.hf import HFEngine, uneven_layers
+from kv_transition.engines.hf import HFEngine
+from kv_transition.engines.session import uneven_layers
 from kv_transition.engines.shared_prefill import generate_settings
 from kv_transition.kv.bounded import (applying, bounded_share, extend_masks, full_layer_tokens,
                                       new_cache, sliding_layer_ids)
@@ -88,7 +89,7 @@ def test_the_question_after_a_compressed_context_sees_only_what_came_before(gemm
     stepwise = gemma.prefill(ctx, policy, 0.5)
     assert uneven_layers(stepwise.cache)
     positions = torch.arange(stepwise.n_positions, stepwise.n_positions + q.shape[1]).unsqueeze(0)
-    steps = torch.stack([gemma._step(stepwise, token) for token in q[0].tolist()])
+    steps = torch.stack([gemma.step(stepwise, token) for token in q[0].tolist()])
 
     def one_forward(masked: bool) -> torch.Tensor:
         state = gemma.prefill(ctx, policy, 0.5)
@@ -102,6 +103,8 @@ def test_the_question_after_a_compressed_context_sees_only_what_came_before(gemm
     state = gemma.prefill(ctx, policy, 0.5)
     gemma.extend(state, q)  # what the engine does
     assert torch.allclose(state.next_logits, steps[-1], atol=1e-4)
+    state = gemma.prefill(ctx, policy, 0.5)  # what the perplexity canary does: every row
+    assert torch.allclose(gemma.feed(state, q, all_logits=True), steps, atol=1e-4)
 
 
 def test_the_full_cache_answers_as_one_forward_over_the_whole_prompt(gemma):

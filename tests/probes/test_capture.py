@@ -27,7 +27,7 @@ def _generate(engine, sink, target="keys", heads=(0, 1), layers=(0, 1), max_posi
               n_new=12):
     ids = encode_prompt(engine, PROMPT)
     capture = KVCapture(list(layers), list(heads), target, sink, max_positions)
-    return generate_with_capture(engine.model, ids, capture, n_new), capture
+    return generate_with_capture(engine, ids, capture, n_new), capture
 
 
 def test_captured_keys_and_values_equal_the_cache_after_generation(engine, tmp_path):

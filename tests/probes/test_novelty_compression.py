@@ -59,7 +59,7 @@ def ids(engine):
 
 
 def test_streamingllm_keeps_sinks_and_the_recent_window(engine, ids):
-    out = run_press(engine.model, ids, "streamingllm", 0.5, [0, 1])
+    out = run_press(engine, ids, "streamingllm", 0.5, [0, 1])
     n = len(ids)
     n_keep = int(n * 0.5)
     for layer in (0, 1):
@@ -76,7 +76,7 @@ def test_knorm_score_is_minus_the_norm_of_the_captured_keys(engine, ids):
     capture = KVCapture([0, 1], [0, 1], "keys", sink, len(ids))
     with torch.no_grad(), capture.attach(engine.model):
         engine.model(torch.tensor([ids]))
-    out = run_press(engine.model, ids, "knorm", 0.5, [0, 1])
+    out = run_press(engine, ids, "knorm", 0.5, [0, 1])
     for layer in (0, 1):
         _, keys = sink.get(layer, "keys")  # [positions, heads, dim]
         neg_norm = -np.linalg.norm(keys, axis=-1).T  # [heads, positions]
@@ -90,7 +90,7 @@ def test_knorm_score_is_minus_the_norm_of_the_captured_keys(engine, ids):
 
 def test_h2o_runs_with_eager_attention_and_restores_it(engine, ids):
     before = engine.model.config._attn_implementation
-    out = run_press(engine.model, ids, "h2o", 0.5, [1])
+    out = run_press(engine, ids, "h2o", 0.5, [1])
     assert out.kept[1].sum(axis=1).tolist() == [len(ids) // 2] * 2
     assert engine.model.config._attn_implementation == before
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from kv_transition import paths, pipeline
 from kv_transition.cli import app
-from kv_transition.run.orchestrate import plan_grid, plan_groups, work_left
+from kv_transition.run.grid import plan_grid, plan_groups, work_left
 from kv_transition.run.ray_executor import run_ray
 from kv_transition.settings import load_settings
 

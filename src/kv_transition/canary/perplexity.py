@@ -23,10 +23,9 @@ import torch
 from kv_transition.canary.source import heldout_documents, text_hash
 from kv_transition.db.connect import transaction
 from kv_transition.engines.factory import make_engine
-from kv_transition.engines.hf import uneven_layers
 from kv_transition.engines.tokenizer import load_counter
 from kv_transition.errors import BadInput
-from kv_transition.run.orchestrate import plan_grid
+from kv_transition.run.grid import plan_grid
 from kv_transition.settings import PerplexityConfig, Settings
 
 
@@ -71,23 +70,11 @@ def continuation_nll(engine, window: Window, policy: str, budget: float) -> dict
     state = engine.prefill(prefix, policy, budget)
     kv_bytes, kv_full = state.kv_bytes, state.kv_bytes_uncompressed
     target = torch.tensor(window.continuation, dtype=torch.long, device=engine.device)
-    logits = [state.next_logits.float().unsqueeze(0)]  # predicts the first continuation token
-    feed = window.continuation[:-1]
-    pos = state.n_positions
-    # per-layer budgets (PyramidKV) leave layers of different lengths: feed token by token
-    if uneven_layers(state.cache):
-        for token in feed:
-            out = engine.model(input_ids=torch.tensor([[token]], device=engine.device),
-                               past_key_values=state.cache, use_cache=True,
-                               position_ids=torch.tensor([[pos]], device=engine.device))
-            logits.append(out.logits[0, -1:].float())
-            pos += 1
-    else:
-        ids = torch.tensor([feed], dtype=torch.long, device=engine.device)
-        positions = torch.arange(pos, pos + len(feed), device=engine.device).unsqueeze(0)
-        out = engine.model(input_ids=ids, past_key_values=state.cache, use_cache=True,
-                           position_ids=positions)
-        logits.append(out.logits[0].float())
+    first = state.next_logits.float().unsqueeze(0)  # predicts the first continuation token
+    feed = torch.tensor([window.continuation[:-1]], dtype=torch.long, device=engine.device)
+    # the session's feed: the same positions and masks the question gets after compression
+    rest = engine.feed(state, feed, all_logits=True).float() if feed.shape[1] else first[:0]
+    logits = [first, rest]
     logprobs = torch.log_softmax(torch.cat(logits), dim=-1)
     nll = -logprobs.gather(1, target.unsqueeze(1)).double().sum().item()
     return {"nll_sum": nll, "n_tokens": len(window.continuation), "kv_bytes": kv_bytes,

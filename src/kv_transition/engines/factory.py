@@ -6,10 +6,11 @@ from pathlib import Path
 
 from kv_transition.engines.endpoints import resolve_base_url
 from kv_transition.engines.tokenizer import load_tokenizer
+from kv_transition.policy.spec import Setting
 from kv_transition.settings import Settings
 
 
-def make_engine(settings: Settings, models_root: Path, grid: list[tuple[str, float]]):
+def make_engine(settings: Settings, models_root: Path, grid: list[Setting]):
     if settings.engine.kind == "hf":
         from kv_transition.engines.hf import HFEngine  # lazy: torch stays off CLI start-up
 

@@ -26,7 +26,7 @@ import torch
 
 from kv_transition.data.synthetic import make_example
 from kv_transition.engines.base import GenerationRequest
-from kv_transition.engines.hf import attention_mode, layer_record
+from kv_transition.engines.session import attention_mode, layer_record
 from kv_transition.policy.spec import policy_spec
 from kv_transition.press_catalog import PRESSES
 

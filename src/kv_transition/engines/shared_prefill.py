@@ -21,13 +21,12 @@ from typing import Any, Iterator
 import torch
 
 from kv_transition.engines.base import GenerationRequest, GenerationResult
-from kv_transition.engines.hf import (PrefillState, cache_bytes, clear_masks,
-                                      request_failures)
+from kv_transition.engines.hf import request_failures
+from kv_transition.engines.session import PrefillState, cache_bytes, clear_masks
 from kv_transition.kv.bounded import sliding_layer_ids
 from kv_transition.kv.registry import make_press
-from kv_transition.policy.spec import policy_spec
+from kv_transition.policy.spec import Setting, policy_spec
 
-Setting = tuple[str, float]  # (policy, budget)
 
 
 def can_share(policy: str) -> bool:
@@ -144,9 +143,7 @@ def _finish(engine, req: GenerationRequest, state, prefill_s: float, ctx_ids, q_
     if not req.query_aware:
         engine.extend(state, q_ids)
     state.seconds = prefill_s + (engine.now() - start)
-    state.kv_bytes = cache_bytes(state.cache)[0]
-    state.kv_bytes_uncompressed = engine.full_bytes(state)
-    state.accounting = engine.accounting_notes(state)
+    engine.settle(state)
     tokens, finish, steps = engine.decode(state, req.max_tokens, req.temperature, req.seed)
     state.seconds_to_first = state.seconds + (steps[0] if steps else 0.0)
     scope = engine.peak_mb()[1]

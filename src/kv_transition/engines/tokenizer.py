@@ -19,7 +19,7 @@ def load_counter(settings: Settings, models_root: Path) -> tuple[Callable[[str],
     source = settings.model.tokenizer
     if settings.engine.kind == "hf":
         # here, not at the top: engines.hf imports torch, which the CLI must not load at start
-        from kv_transition.engines.hf import resolve_model_path, tokenizer_source
+        from kv_transition.engines.session import resolve_model_path, tokenizer_source
 
         source = resolve_model_path(tokenizer_source(settings.model), models_root)
     if source is None:

@@ -9,7 +9,7 @@ uncompressed baseline, whatever the policy, so the grid runs it once as policy `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kv_transition.errors import BadInput
 from kv_transition.policy.quant import (DESCRIPTIONS, QuantOptions, check_setting, is_quant_name,
@@ -134,14 +134,36 @@ def register_custom(name: str, definition) -> PolicySpec:
     return spec
 
 
+# Composed and parameterised names, parsed once per process: a name is looked up at every
+# request, and the parse depends on nothing but the name.
+_PARSED: dict[str, PolicySpec] = {}
+
+
 def policy_spec(name: str) -> PolicySpec:
     try:
-        return POLICIES.get(name) or CUSTOM[name]
+        return POLICIES.get(name) or CUSTOM.get(name) or _PARSED[name]
     except KeyError:
         try:
-            return _parsed_spec(name)
+            spec = _PARSED[name] = _parsed_spec(name)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
+        return spec
+
+
+class Setting(NamedTuple):
+    """One cell of the grid: a policy at a budget (a fraction of the full cache, or a token
+    count above 1). A tuple, so it unpacks as ``policy, budget`` and keys what a plain pair
+    keys; ``spec`` is the policy's parsed definition."""
+
+    policy: str
+    budget: float
+
+    @property
+    def spec(self) -> PolicySpec:
+        return policy_spec(self.policy)
+
+    def label(self) -> str:
+        return f"{self.policy}@{self.budget:g}"
 
 
 def check_policies(names: list[str], budgets: list[float], quant_cfg: QuantOptions,

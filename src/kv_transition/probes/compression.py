@@ -1,7 +1,7 @@
 """Does compression keep the novel entries? Run the real press and compare.
 
 For a policy and budget, the whole probed sequence (prompt + generated tokens) is prefilled
-under the kvpress press that ``kv.registry.make_press`` builds, as if the cache were
+under the kvpress press the session builds (``ModelSession.prefill``), as if the cache were
 compressed at the end of generation. Two things are recorded per captured layer:
 
 - the policy's score of every position and KV head (the press's own ``score``, wrapped to
@@ -22,9 +22,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from kv_transition.engines.hf import attention_mode
-from kv_transition.kv.bounded import applying, new_cache
-from kv_transition.kv.registry import make_press
+from kv_transition.engines.session import attention_mode
 from kv_transition.probes.capture import KVCapture
 from kv_transition.probes.store import MemorySink
 
@@ -74,21 +72,23 @@ def _recording_scores(press, scores: dict[int, np.ndarray]) -> None:
 
 
 @torch.inference_mode()
-def run_press(model, token_ids: list[int], policy: str, budget: float, layers: list[int],
-              options: dict | None = None) -> PressOutcome:
+def run_press(session, token_ids: list[int], policy: str, budget: float,
+              layers: list[int]) -> PressOutcome:
     """Prefill ``token_ids`` under the policy's press; kept positions and scores per layer."""
+    model = session.model
     n_kv = n_kv_heads(model.config)
-    press, applied = make_press(policy, budget, len(token_ids), options)
-    if press is None:
-        raise ValueError(f"{policy}@{budget} compresses nothing; the probe needs budget < 1")
     sink, scores = MemorySink(), {}
-    _recording_scores(press, scores)
+
+    def record(press) -> None:
+        if press is None:
+            raise ValueError(f"{policy}@{budget} compresses nothing; the probe needs budget < 1")
+        _recording_scores(press, scores)
+
     capture = KVCapture(layers, list(range(n_kv)), "keys", sink, max_positions=len(token_ids))
-    cache = new_cache(model.config)
-    device = next(model.parameters()).device
-    ids = torch.tensor([token_ids], device=device)
-    with attention_mode(model, policy), capture.attach(model), applying(press, model):
-        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    ids = torch.tensor([token_ids], device=session.device)
+    with attention_mode(model, policy), capture.attach(model):
+        state = session.prefill(ids, policy, budget, on_press=record)
+    cache, applied = state.cache, state.applied
     kept = {}
     for layer in layers:
         full = torch.from_numpy(sink.get(layer, "keys")[1]).transpose(0, 1)  # [h, S, d]

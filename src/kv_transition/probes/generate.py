@@ -1,9 +1,9 @@
 """Generate with the capture hooks attached, scoring every token under the model's logits.
 
-A dedicated loop rather than ``HFEngine.decode``: the probe needs the K/V of every generated
-token, including the last one (the engine never feeds its last token back), plus the log
-probability and entropy at each step, and never compresses. It uses the engine's loaded model
-and tokenizer, so prompts are encoded as the experiment would encode them.
+Its own loop over the session's ``prefill`` and ``step`` rather than ``decode``: the probe
+needs the K/V of every generated token, including the last one (``decode`` never feeds its last
+token back), plus the log probability and entropy at each step, and never compresses. Prompts
+are encoded with the session's tokenizer, as the experiment would encode them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kv_transition.engines.hf import choose_token
-from kv_transition.kv.bounded import new_cache
+from kv_transition.engines.session import choose_token
+from kv_transition.policy.spec import BASELINE_POLICY
 from kv_transition.probes.metrics import logprob_and_entropy
 
 _LOGIT_CHUNK = 256  # prompt rows scored at a time: bounds memory on large vocabularies
@@ -58,20 +58,18 @@ def _score_rows(logits: torch.Tensor, next_ids: list[int]) -> tuple[np.ndarray, 
 
 
 @torch.inference_mode()
-def generate_with_capture(model, prompt_ids: list[int], capture, max_new_tokens: int,
-                          temperature: float = 0.0, seed: int = 0,
-                          eos_ids: set[int] | None = None) -> ProbeGeneration:
-    """Prefill, then decode up to ``max_new_tokens``, feeding every token back once."""
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    cache = new_cache(model.config)
+def generate_with_capture(session, prompt_ids: list[int], capture, max_new_tokens: int,
+                          temperature: float = 0.0, seed: int = 0) -> ProbeGeneration:
+    """Prefill (full cache), then decode up to ``max_new_tokens``, feeding every token back once."""
+    gen = torch.Generator(device=session.device).manual_seed(seed) if temperature > 0 else None
     ids = list(prompt_ids)
-    with capture.attach(model):
-        out = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache,
-                    use_cache=True)
-        lp, ent = _score_rows(out.logits[0, :-1], ids[1:])
+    with capture.attach(session.model):
+        state = session.prefill(torch.tensor([ids], device=session.device), BASELINE_POLICY, 1.0,
+                                all_logits=True)
+        lp, ent = _score_rows(state.prompt_logits[:-1], ids[1:])
         logprobs, entropies = [np.nan, *lp.tolist()], [np.nan, *ent.tolist()]
-        logits = out.logits[0, -1]
+        state.prompt_logits = None  # [prompt, vocab]: not kept past scoring
+        logits = state.next_logits
         finish = "length"
         for _ in range(max_new_tokens):
             token = choose_token(logits, temperature, gen)
@@ -79,11 +77,9 @@ def generate_with_capture(model, prompt_ids: list[int], capture, max_new_tokens:
             logprobs.append(float(lp[0]))
             entropies.append(float(ent[0]))
             ids.append(token)
-            out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache,
-                        use_cache=True)
-            logits = out.logits[0, -1]
-            if eos_ids and token in eos_ids:
+            logits = session.step(state, token)
+            if token in session.eos_ids:
                 finish = "stop"
                 break
     return ProbeGeneration(ids, len(prompt_ids), np.array(logprobs), np.array(entropies),
-                           finish, cache)
+                           finish, state.cache)

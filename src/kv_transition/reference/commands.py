@@ -16,6 +16,7 @@ from kv_transition.console import guard as _guard
 from kv_transition.console import say as _say
 from kv_transition.console import state as _state
 from kv_transition.errors import BadInput
+from kv_transition.policy.spec import Setting
 from kv_transition.reference import evaluate as ev
 from kv_transition.reference.model import hardware
 
@@ -133,8 +134,8 @@ def eval_cmd(
 ) -> None:
     """Full-cache (and optionally compressed) accuracy per task × length, as a Markdown table."""
     def step():
-        settings = [("full", 1.0)] + [(p.strip(), b) for p in policies.split(",") if p.strip()
-                                      for b in _floats("--budgets", budgets)]
+        settings = [Setting("full", 1.0)] + [Setting(p.strip(), b) for p in policies.split(",")
+                                             if p.strip() for b in _floats("--budgets", budgets)]
         plan = ev.EvalPlan(model=model, lengths=_ints("--lengths", lengths), n=n, seed=seed,
                            formats=[f.strip() for f in formats_.split(",") if f.strip()],
                            settings=settings, device=device, dtype=dtype, query_aware=query_aware,

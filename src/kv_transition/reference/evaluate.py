@@ -21,7 +21,7 @@ from kv_transition.data.synthetic import generate_examples
 from kv_transition.engines.base import EngineError, GenerationRequest
 from kv_transition.errors import BadInput
 from kv_transition.eval.metrics import score_prediction
-from kv_transition.policy.spec import policy_spec
+from kv_transition.policy.spec import Setting, policy_spec
 from kv_transition.reference import formats, qa
 from kv_transition.settings import SYNTHETIC_TASKS, ModelConfig, PressConfig
 
@@ -61,7 +61,7 @@ class EvalPlan:
     n: int = 100
     seed: int = 0
     formats: list[str] = field(default_factory=lambda: list(formats.FORMATS))
-    settings: list[tuple[str, float]] = field(default_factory=lambda: [("full", 1.0)])
+    settings: list[Setting] = field(default_factory=lambda: [Setting("full", 1.0)])
     device: str = "cpu"
     dtype: str = "float32"
     query_aware: bool = False

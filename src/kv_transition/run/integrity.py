@@ -12,8 +12,7 @@ from datetime import datetime, timezone
 
 from kv_transition.db.connect import transaction
 from kv_transition.errors import BadInput
-from kv_transition.policy.spec import policy_spec
-from kv_transition.run.runner import Setting
+from kv_transition.policy.spec import Setting, policy_spec
 from kv_transition.settings import Settings
 
 

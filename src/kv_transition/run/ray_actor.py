@@ -13,8 +13,9 @@ from typing import Iterator
 
 from kv_transition.engines.factory import make_engine
 from kv_transition.errors import BadInput
+from kv_transition.policy.spec import Setting
 from kv_transition.run.integrity import check_integrity
-from kv_transition.run.runner import Answer, EntryTask, Setting, compute_all
+from kv_transition.run.runner import Answer, EntryTask, compute_all
 from kv_transition.settings import Settings
 
 

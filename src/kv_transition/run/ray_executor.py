@@ -20,11 +20,13 @@ from typing import Callable
 
 from kv_transition.engines.base import EngineError
 from kv_transition.errors import BadInput
+from kv_transition.policy.spec import Setting
 from kv_transition.run.integrity import store_verdicts
 from kv_transition.run.leases import POLL_S, Claimer
-from kv_transition.run.orchestrate import Bar, ensure_run, plan_grid, progress_bar
+from kv_transition.run.grid import ensure_run, plan_grid
+from kv_transition.run.progress import Bar, progress_bar
 from kv_transition.run.ray_actor import SweepActor, actor_base_url
-from kv_transition.run.runner import EntryTask, Setting, entry_tasks, record
+from kv_transition.run.runner import EntryTask, entry_tasks, record
 from kv_transition.run.telemetry import failure_result, record_result
 from kv_transition.settings import RayConfig, Settings
 

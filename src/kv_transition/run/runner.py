@@ -16,10 +16,10 @@ from kv_transition.data import prompt as prompt_tpl
 from kv_transition.db.connect import transaction
 from kv_transition.engines.base import EngineError, GenerationRequest, GenerationResult
 from kv_transition.engines.retries import call_with_retries
+from kv_transition.policy.spec import Setting
 from kv_transition.run.telemetry import failure_result, record_batch
 from kv_transition.settings import RequestConfig, Settings
 
-Setting = tuple[str, float]  # (policy, budget)
 
 
 @dataclass
