@@ -54,7 +54,7 @@ def test_a_mapping_defines_a_policy_by_press_params_and_inner(tmp_path):
     ("press: AdaKVPress", r"AdaKVPress wraps a press: give it as 'inner'"),
     ("press: KnormPress\n      inner: {press: SnapKVPress}", r"KnormPress wraps no press"),
     ("press: ComposedPress\n      inner: {press: SnapKVPress}", r"'inner' must be a list"),
-    ("press: DecodingPress\n      inner: {press: KnormPress}", r"compresses during decoding"),
+    ("press: PrefillDecodingPress\n      inner: {press: KnormPress}", r"list of 2 presses"),
     ("press: KVzipPress", r"KVzipPress cannot run here: it needs kvpress's own pipeline"),
     ("press: SimLayerKVPress", r"no press in it takes a budget"),
     ("press: DMSPress\n      params: {threshold: 0.1}\n      inner: {press: KnormPress}",

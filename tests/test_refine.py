@@ -19,9 +19,7 @@ def _sizes(path):
     return dict(conn.execute("SELECT bin_idx, COUNT(*) FROM manifest_entries GROUP BY bin_idx"))
 
 
-def test_refine_grows_only_inconclusive_bins_and_resumes(home, tmp_path):
-    cfg = _config(tmp_path, max_n_per_bin=6)
-    assert cli("all", "-c", cfg).exit_code == 0
+def _one_right_answer_in_bin_0(home):
     conn = sqlite3.connect(db_file(home), isolation_level=None)
     # the random-weight model fails every request in both bins: give one compressed request in
     # the reference bin 0 the gold answer, so bin 1's failure rate is (a little) higher and
@@ -33,6 +31,13 @@ def test_refine_grows_only_inconclusive_bins_and_resumes(home, tmp_path):
         "WHERE request_id = (SELECT q.request_id FROM requests q JOIN runs r USING (run_id) "
         "JOIN manifest_entries m USING (entry_id) WHERE r.kv_policy = 'snapkv' AND "
         "m.bin_idx = 0 ORDER BY q.request_id LIMIT 1)")
+    return conn
+
+
+def test_refine_grows_only_inconclusive_bins_and_resumes(home, tmp_path):
+    cfg = _config(tmp_path, max_n_per_bin=6)
+    assert cli("all", "-c", cfg).exit_code == 0
+    conn = _one_right_answer_in_bin_0(home)
     assert cli("all", "-c", cfg).exit_code == 0
     before = _sizes(db_file(home))
     import json
@@ -76,3 +81,31 @@ def test_refine_without_a_maximum_is_bad_input_and_changes_nothing(home, tmp_pat
     result = cli("refine", "-c", cfg, "--no-progress")
     assert result.exit_code == 2 and "analysis.max_n_per_bin" in result.output
     assert dump(db_file(home)) == before
+
+
+def test_refine_adds_whole_contexts_with_their_questions(home, tmp_path):
+    cfg = write_config(tmp_path / "refine_q.yaml",
+                       analysis={**TINY_CONFIG["analysis"], "inconclusive_p": 0.999,
+                                 "max_n_per_bin": 6},
+                       dataset={**TINY_CONFIG["dataset"], "task": "niah_multikey",
+                                "lengths": [128, 256], "questions_per_context": 2})
+    assert cli("all", "-c", cfg).exit_code == 0
+    _one_right_answer_in_bin_0(home)
+    assert cli("all", "-c", cfg).exit_code == 0
+    assert _sizes(db_file(home)) == {0: 6, 1: 6}  # 3 contexts x 2 questions
+    result = cli("refine", "-c", cfg, "--no-progress")
+    assert result.exit_code == 0, result.output
+    conn = sqlite3.connect(db_file(home))
+    rows = conn.execute(
+        "SELECT m.bin_idx, COALESCE(json_extract(e.meta_json, '$.cluster'), e.example_id) "
+        "FROM manifest_entries m JOIN examples e USING (dataset_id, example_id)").fetchall()
+    per_context: dict = {}
+    for b, context in rows:
+        per_context.setdefault((b, context), 0)
+        per_context[(b, context)] += 1
+    assert set(per_context.values()) == {2}  # no context without its second question
+    grown = conn.execute("SELECT bin_idx, n_before, n_after FROM refine_rounds").fetchall()
+    assert grown and all(before == 3 and 3 < after <= 6 for _, before, after in grown)
+    assert dict(conn.execute("SELECT bin_idx, n_examples FROM bins")) == _sizes(db_file(home))
+    counts = row_counts(db_file(home))
+    assert counts["requests"] == counts["responses"] == counts["runs"] * len(rows)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from kv_transition import paths
 from kv_transition.canary.task import FUNCTIONAL
-from kv_transition.data.binning import sample_bins
+from kv_transition.data.binning import cluster_of, sample_bins, with_questions
 from kv_transition.data.longbench import load_longbench
 from kv_transition.data.manifest import (build_manifest, dataset_id, manifest_from_db,
                                          save_manifest_json, write_manifest)
@@ -85,7 +85,8 @@ def load_examples(settings: Settings, count_tokens: Callable[[str], int]) -> lis
         n_each = cfg.candidates_per_length(settings.binning.n_bins)
         return [ex for target in cfg.lengths
                 for ex in generate_examples(cfg.task, target, n_each, cfg.seed, count_tokens,
-                                             families=cfg.tasks)]
+                                             families=cfg.tasks,
+                                             questions=cfg.questions_per_context)]
     if cfg.name == FUNCTIONAL.dataset:
         return FUNCTIONAL.source(cfg, settings.binning.n_bins, count_tokens)
     return load_longbench(cfg.task, cfg.path)
@@ -111,8 +112,11 @@ def prepare(exp: Experiment) -> str:
     examples = load_examples(exp.settings, count)  # DataError before the database is touched
     by_id = _unique(examples)
     lengths = {ex.example_id: prompt_tokens(ex, count) for ex in examples}
-    bins = sample_bins(lengths, exp.settings.binning.n_bins, exp.settings.dataset.n_per_bin,
-                       exp.settings.dataset.seed)
+    # contexts are binned and sampled, then each brings its further questions along
+    firsts = {i: n for i, n in lengths.items() if cluster_of(by_id[i]) == i}
+    bins = with_questions(sample_bins(firsts, exp.settings.binning.n_bins,
+                                      exp.settings.dataset.n_per_bin, exp.settings.dataset.seed),
+                          examples)
     manifest = build_manifest(ds_id, exp.settings, tok_id, bins, lengths)
     conn = exp.connect()
     record_experiment(conn, exp)

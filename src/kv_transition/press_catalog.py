@@ -47,7 +47,7 @@ def _wrapper(*params: str, inner: tuple[str, ...] = ("press",), **kw: Any) -> Pr
 
 
 _PIPELINE = "it needs kvpress's own pipeline ({}), which the hf engine does not run"
-_DECODING_NOTE = "compresses during decoding, which the hf engine does not run under a press yet"
+_DECODING_NOTE = "compresses while decoding: the hf engine decodes under the press"
 
 PRESSES: dict[str, Press] = {
     # scorers: one score per token, the lowest dropped
@@ -151,18 +151,16 @@ def observation_window(window: int, n_context_tokens: int) -> int:
 
 def runs_offline(info: Press) -> bool:
     """Runs in the hf engine with no download, a budget reaching it (the test suite runs these)."""
-    return (info.role != DECODING and not info.unsupported and not info.download
-            and not info.fixes_budget and (info.budget is not None or info.role == WRAPPER))
+    return (not info.unsupported and not info.download
+            and not info.fixes_budget and (info.budget is not None or bool(info.inner)))
 
 
 def _status(info: Press) -> str:
-    if info.role == DECODING:
-        return "not yet: " + info.note
     if info.unsupported:
         return "no: " + info.unsupported
     if info.download:
         return "offline: clear error; needs " + info.download
-    if info.fixes_budget or info.budget is None and info.role != WRAPPER:
+    if info.fixes_budget or info.budget is None and not info.inner:
         return "no budget: " + (info.note or "it has no budget parameter")
     return "yes" + (f" ({info.note})" if info.note else "")
 
@@ -173,7 +171,7 @@ def markdown_table() -> str:
             "|---|---|---|---|---|"]
     for name in sorted(PRESSES):
         info = PRESSES[name]
-        budget = "the wrapped press's" if info.budget is None and info.role == WRAPPER else \
+        budget = "the wrapped press's" if info.budget is None and info.inner else \
             f"`{info.budget}`" + (" (tokens)" if info.budget_kind == TOKENS else "") \
             if info.budget else "—"
         wraps = ", ".join(f"`{f}`" for f in info.inner) or "—"
@@ -203,8 +201,6 @@ class PressDef(BaseModel):
         info = PRESSES.get(self.press)
         if info is None:
             raise ValueError(f"unknown press {self.press!r}; allowed: {allowed_presses()}")
-        if info.role == DECODING:
-            raise ValueError(f"{self.press} {info.note}; use a prefill press")
         if info.unsupported:
             raise ValueError(f"{self.press} cannot run here: {info.unsupported}")
         unknown = sorted(set(self.params) - set(info.params))
@@ -223,6 +219,11 @@ class PressDef(BaseModel):
             raise ValueError(f"{self.press} wraps a press: give it as 'inner' "
                              "(for example inner: {press: SnapKVPress})")
         is_list = isinstance(self.inner, list)
+        if len(info.inner) > 1:  # PrefillDecodingPress: one press per field, in their order
+            if self.inner is not None and (not is_list or len(self.inner) != len(info.inner)):
+                raise ValueError(f"{self.press}: 'inner' must be a list of {len(info.inner)} "
+                                 f"presses, the {' and the '.join(info.inner)} in that order")
+            return
         if self.inner is not None and is_list != bool(LIST_INNER & set(info.inner)):
             shape = "a list of presses" if not is_list else "one press"
             raise ValueError(f"{self.press}: 'inner' must be {shape}")

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from kv_transition import paths, pipeline
 from kv_transition.analysis import queries
 from kv_transition.analysis.transition import growth_plan, planned_looks
+from kv_transition.data.binning import cluster_of
 from kv_transition.data.manifest import manifest_from_db, manifest_hash, save_manifest_json
 from kv_transition.data.prompt import prompt_tokens
 from kv_transition.db.connect import transaction
@@ -52,9 +53,13 @@ def _max_n(exp: pipeline.Experiment) -> int:
 
 
 def _bin_sizes(conn: sqlite3.Connection, ds_id: str) -> dict[int, int]:
+    """Contexts per bin (the unit n_per_bin and max_n_per_bin count): several questions of
+    one context (``dataset.questions_per_context``) are one."""
     return {r[0]: r[1] for r in conn.execute(
-        "SELECT b.bin_idx, COUNT(m.entry_id) FROM bins b LEFT JOIN manifest_entries m "
-        "ON m.dataset_id = b.dataset_id AND m.bin_idx = b.bin_idx WHERE b.dataset_id = ? "
+        "SELECT b.bin_idx, COUNT(DISTINCT COALESCE(json_extract(e.meta_json, '$.cluster'), "
+        "e.example_id)) FROM bins b LEFT JOIN manifest_entries m "
+        "ON m.dataset_id = b.dataset_id AND m.bin_idx = b.bin_idx LEFT JOIN examples e "
+        "ON e.dataset_id = m.dataset_id AND e.example_id = m.example_id WHERE b.dataset_id = ? "
         "GROUP BY b.bin_idx", (ds_id,))}
 
 
@@ -89,22 +94,30 @@ def _home_bin(bins: list[Row], n_tokens: int) -> int | None:
 
 def _pick(candidates: list, bins: list[Row], grow: dict[int, int], sizes: dict[int, int],
           seed: int) -> dict[int, list]:
-    """The new examples of each growing bin: candidates in its token range, seeded order."""
+    """The new examples of each growing bin: contexts in its token range, seeded order, each
+    with the further questions asked of it (``dataset.questions_per_context``)."""
     by_bin: dict[int, list] = {b: [] for b in grow}
+    more: dict[str, list] = {}
     for ex, n_tokens in sorted(candidates, key=lambda c: c[0].example_id):
+        if cluster_of(ex) != ex.example_id:
+            more.setdefault(cluster_of(ex), []).append((ex, n_tokens))
+            continue
         home = _home_bin(bins, n_tokens)
         if home in by_bin:
             by_bin[home].append((ex, n_tokens))
     for b, pool in by_bin.items():
         random.Random(f"{seed}-bin-{b}-refine").shuffle(pool)
-        by_bin[b] = pool[:grow[b] - sizes[b]]
+        by_bin[b] = [q for first in pool[:grow[b] - sizes[b]]
+                     for q in [first, *more.get(first[0].example_id, [])]]
     return by_bin
 
 
 def _add_round(conn: sqlite3.Connection, ds_id: str, picked: dict[int, list],
                sizes: dict[int, int], round_no: int) -> dict[int, tuple[int, int]]:
     now = datetime.now(timezone.utc).isoformat()
-    grown = {b: (sizes[b], sizes[b] + len(new)) for b, new in picked.items() if new}
+    contexts = {b: sum(cluster_of(ex) == ex.example_id for ex, _ in new)
+                for b, new in picked.items()}
+    grown = {b: (sizes[b], sizes[b] + contexts[b]) for b, new in picked.items() if new}
     with transaction(conn):
         for b, new in picked.items():
             for ex, n_tokens in new:
@@ -117,8 +130,8 @@ def _add_round(conn: sqlite3.Connection, ds_id: str, picked: dict[int, list],
                 conn.execute("INSERT INTO manifest_entries(dataset_id, example_id, bin_idx) "
                              "VALUES (?,?,?)", (ds_id, ex.example_id, b))
         for b, (before, after) in grown.items():
-            conn.execute("UPDATE bins SET n_examples = ? WHERE dataset_id = ? AND bin_idx = ?",
-                         (after, ds_id, b))
+            conn.execute("UPDATE bins SET n_examples = n_examples + ? WHERE dataset_id = ? AND "
+                         "bin_idx = ?", (len(picked[b]), ds_id, b))
             conn.execute("INSERT INTO refine_rounds VALUES (?,?,?,?,?,?)",
                          (ds_id, round_no, b, before, after, now))
         if grown:  # the manifest now has more entries: its hash must say so

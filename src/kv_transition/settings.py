@@ -50,6 +50,12 @@ class DatasetConfig(_Strict):
         [256, 512, 1024, 2048], description="Synthetic: target context lengths in tokens of the "
         "model's tokenizer; n_per_bin examples are generated at each.")
     seed: int = Field(0, description="Seed for generation and per-bin sampling.")
+    questions_per_context: int = Field(
+        1, ge=1, le=8, description="Synthetic: questions asked of each context (its own, then "
+        "single-key questions about its other needles; a family with fewer needles asks fewer). "
+        "n_per_bin counts contexts; the run prefills and compresses a context once per setting "
+        "and answers each question from a copy of that cache, and the statistics treat the "
+        "questions of one context as one cluster.")
     show_tool_schema: bool = Field(
         False, description="Functional tool tasks: print the tool's JSON schema in the question "
         "(for real models; the bundled reference model is trained without it).")
@@ -66,6 +72,10 @@ class DatasetConfig(_Strict):
         if self.name == "synthetic" and self.task not in (*SYNTHETIC_TASKS, "mix"):
             raise ValueError(
                 f"unknown synthetic task {self.task!r}; allowed: {', '.join(SYNTHETIC_TASKS)}, mix")
+        if self.questions_per_context > 1 and self.name != "synthetic":
+            raise ValueError(f"dataset.questions_per_context {self.questions_per_context}: only "
+                             "the synthetic generator asks several questions of a context; use 1 "
+                             f"with dataset.name {self.name!r}")
         if self.tasks is not None and (self.name != "synthetic" or self.task != "mix"):
             raise ValueError("dataset.tasks applies only to name 'synthetic' with task 'mix'")
         unknown = [t for t in self.tasks or [] if t not in SYNTHETIC_TASKS]

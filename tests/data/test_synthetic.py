@@ -124,3 +124,22 @@ def test_unknown_task_is_bad_input():
 def test_target_too_small_for_the_needles_is_bad_input():
     with pytest.raises(BadInput, match="too small"):
         generate_examples("niah_multikey", 12, 1, 0, words)
+
+
+def test_further_questions_ask_the_other_needles_of_the_same_context():
+    first, *more = generate_examples("niah_multikey", 300, 1, 3, words, questions=3)
+    assert len(more) == 2 and {ex.context for ex in more} == {first.context}
+    assert [ex.meta["cluster"] for ex in (first, *more)] == [first.example_id] * 3
+    for ex in more:  # each asks one other key, and its value follows that key in the context
+        key = re.search(r"number for (\w+) mentioned", ex.question).group(1)
+        assert f"The special magic number for {key} is: {ex.answers[0]}." in ex.context
+        assert ex.answers != first.answers
+    # the first question is the one a single-question dataset asks
+    assert generate_examples("niah_multikey", 300, 1, 3, words)[0].question == first.question
+
+
+def test_a_context_with_one_needle_asks_one_question():
+    examples = generate_examples("mix", 300, 5, 3, words, questions=4, families=["niah_single"])
+    assert len(examples) == 5 and not any("cluster" in ex.meta for ex in examples)
+    per_family = generate_examples("niah_multiquery", 300, 2, 3, words, questions=8)
+    assert len(per_family) == 2 * 5  # its own question (all four keys), then each key alone

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from kv_transition.data.synthetic import generate_examples
+from kv_transition.data.synthetic import generate_examples, single_key_question
 from kv_transition.reference import formats, qa
 from kv_transition.reference.formats import JSON, PYTHON, score_functional
 
@@ -67,7 +67,7 @@ def test_several_values_must_all_be_there():
 def test_single_key_wording_is_the_generators(task):
     # the extra training questions must read exactly like the evaluation's question
     for ex in generate_examples(task, 200, 5, 3, WORDS):
-        assert qa.single_key_question(qa.asked_key(ex)) == (ex.question, ex.answer_prefix)
+        assert single_key_question(qa.asked_key(ex)) == (ex.question, ex.answer_prefix)
 
 
 def test_facts_are_read_in_context_order_and_match_the_gold():
@@ -95,7 +95,7 @@ def test_every_key_is_asked_once_and_the_generators_question_is_among_them():
     keys = [k for k, _ in qa.facts(ex.context)]
     assert len(asks) == len(keys) + 1
     assert sorted(a.question for a in asks[:]) == sorted(
-        [qa.single_key_question(k)[0] for k in keys] + [ex.question])
+        [single_key_question(k)[0] for k in keys] + [ex.question])
     for ask in asks:  # text answers contain exactly what RULER scoring looks for
         if ask.question == ex.question:
             assert all(v in ask.target for v in ex.answers)

@@ -35,3 +35,18 @@ def sample_bins(lengths: dict[str, int], n_bins: int, n_per_bin: int, seed: int)
         token_lens = [lengths[ex] for ex in group]
         bins.append(Bin(idx, min(token_lens), max(token_lens), len(group), chosen))
     return bins
+
+
+def cluster_of(example) -> str:
+    """The id of the example whose context ``example`` shares (its own id if none)."""
+    return example.meta.get("cluster", example.example_id)
+
+
+def with_questions(bins: list[Bin], examples: list) -> list[Bin]:
+    """Each sampled context followed by the further questions asked of it, in their order."""
+    more: dict[str, list[str]] = {}
+    for ex in examples:
+        if cluster_of(ex) != ex.example_id:
+            more.setdefault(cluster_of(ex), []).append(ex.example_id)
+    return [Bin(b.bin_idx, b.token_min, b.token_max, b.pool,
+                [q for first in b.members for q in [first, *more.get(first, [])]]) for b in bins]

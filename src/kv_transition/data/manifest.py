@@ -22,8 +22,11 @@ def dataset_id(settings: Settings, tokenizer_id: str) -> str:
     d = settings.dataset
     # every dataset field, so no setting can silently reuse a dataset made with another
     fields = d.model_dump(mode="json")
-    if fields["tasks"] is None:  # keeps the ids of datasets made before the field existed
+    # fields at their defaults that came later are left out: older datasets keep their ids
+    if fields["tasks"] is None:
         del fields["tasks"]
+    if fields["questions_per_context"] == 1:
+        del fields["questions_per_context"]
     key = json.dumps({**fields, "n_bins": settings.binning.n_bins,
                       "tokenizer": tokenizer_id, "template": prompt_tpl.template_hash()},
                      sort_keys=True)

@@ -53,6 +53,8 @@ class _Plan:
     answers: list[str]
     answer_prefix: str
     depth_meta: dict = field(default_factory=dict)
+    # further single-key questions the same context answers: (key, value, needle depth)
+    others: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def numbers(rng: random.Random, k: int, digits: int) -> list[str]:
@@ -69,13 +71,16 @@ def needle(key: str, value: str) -> str:
     return f"The special magic number for {key} is: {value}."
 
 
+def single_key_question(key: str) -> tuple[str, str]:
+    """(question, answer prefix) asking one key's value, in niah_single's wording."""
+    return (f"What is the special magic number for {key} mentioned in the provided text?",
+            f"The special magic number for {key} mentioned in the provided text is")
+
+
 def _plan_single(rng: random.Random, depth: float) -> _Plan:
     key, value = rng.choice(vocab.KEYS), numbers(rng, 1, NIAH_DIGITS)[0]
-    return _Plan(
-        [(depth, needle(key, value))],
-        f"What is the special magic number for {key} mentioned in the provided text?",
-        [value], f"The special magic number for {key} mentioned in the provided text is",
-        {"depth": depth})
+    return _Plan([(depth, needle(key, value))], single_key_question(key)[0], [value],
+                 single_key_question(key)[1], {"depth": depth})
 
 
 def _plan_multikey(rng: random.Random, depth: float) -> _Plan:
@@ -84,9 +89,8 @@ def _plan_multikey(rng: random.Random, depth: float) -> _Plan:
     depths = _spread(depth, N_NEEDLES)
     return _Plan(
         [(d, needle(k, v)) for d, k, v in zip(depths, keys, values)],
-        f"What is the special magic number for {keys[0]} mentioned in the provided text?",
-        [values[0]], f"The special magic number for {keys[0]} mentioned in the provided text is",
-        {"depth": depth, "depths": depths})
+        single_key_question(keys[0])[0], [values[0]], single_key_question(keys[0])[1],
+        {"depth": depth, "depths": depths}, list(zip(keys, values, depths))[1:])
 
 
 def _plan_multivalue(rng: random.Random, depth: float) -> _Plan:
@@ -109,7 +113,7 @@ def _plan_multiquery(rng: random.Random, depth: float) -> _Plan:
         [(d, needle(k, v)) for d, k, v in zip(depths, keys, values)],
         f"What are all the special magic numbers for {asked} mentioned in the provided text?",
         values, f"The special magic numbers for {asked} mentioned in the provided text are",
-        {"depths": depths})
+        {"depths": depths}, list(zip(keys, values, depths)))
 
 
 def _plan_variable_tracking(rng: random.Random, depth: float) -> _Plan:
@@ -228,7 +232,17 @@ def _depths(task: str, families: list[str], target: int, seed: int) -> list[floa
 
 
 def make_example(task: str, family: str, i: int, target: int, seed: int, depth: float,
-             count_tokens: Callable[[str], int]) -> Example:
+                 count_tokens: Callable[[str], int]) -> Example:
+    return make_examples(task, family, i, target, seed, depth, count_tokens)[0]
+
+
+def make_examples(task: str, family: str, i: int, target: int, seed: int, depth: float,
+                  count_tokens: Callable[[str], int], questions: int = 1) -> list[Example]:
+    """Example ``i`` and, with ``questions`` > 1, up to ``questions - 1`` more questions of the
+    same context: single-key questions about its other needles (multi-key's distractors,
+    multi-query's keys one at a time). Each further question is an example of its own whose
+    ``meta["cluster"]`` names the first, so the run can prefill the context once and the
+    statistics count the context once; a family with fewer needles asks fewer."""
     # Two local RNGs: the haystack is drawn lazily, so it must not shift the needle draws.
     plan = _PLANNERS[family](random.Random(f"{seed}-{task}-{target}-{i}"), round(depth, 6))
     hay = _Haystack(random.Random(f"{seed}-{task}-{target}-{i}-haystack"))
@@ -241,13 +255,22 @@ def make_example(task: str, family: str, i: int, target: int, seed: int, depth: 
     context, _ = _fit(render, count_tokens, target, tolerance(target), floor)
     meta = {"task": family, "metric": "ruler_all", "target_tokens": target, "seed": seed,
             **plan.depth_meta}
-    return Example(f"{task}-{target}-{i}", plan.question, context, plan.answers, meta,
-                   plan.answer_prefix)
+    first_id = f"{task}-{target}-{i}"
+    out = [Example(first_id, plan.question, context, plan.answers, meta, plan.answer_prefix)]
+    for j, (key, value, at) in enumerate(plan.others[:questions - 1], start=1):
+        question, prefix = single_key_question(key)
+        # asked alone, a key's value is a multi-key question about that needle
+        more = {**meta, "task": "niah_multikey", "depth": at, "cluster": first_id, "question": j}
+        more.pop("depths", None)
+        out.append(Example(f"{first_id}-q{j}", question, context, [value], more, prefix))
+    if len(out) > 1:
+        out[0].meta = {**meta, "cluster": first_id, "question": 0}
+    return out
 
 
 def generate_examples(task: str, target_tokens: int, n: int, seed: int,
                       count_tokens: Callable[[str], int],
-                      families: list[str] | None = None) -> list[Example]:
+                      families: list[str] | None = None, questions: int = 1) -> list[Example]:
     """``n`` examples of ``task`` (or "mix": example i is families[i % len(families)], by
     default all of SYNTHETIC_TASKS).
 
@@ -264,5 +287,5 @@ def generate_examples(task: str, target_tokens: int, n: int, seed: int,
         raise BadInput(f"unknown synthetic tasks {unknown}; allowed: {', '.join(SYNTHETIC_TASKS)}")
     families = [cycle[i % len(cycle)] if task == "mix" else task for i in range(n)]
     depths = _depths(task, families, target_tokens, seed)
-    return [make_example(task, f, i, target_tokens, seed, d, count_tokens)
-            for i, (f, d) in enumerate(zip(families, depths))]
+    return [ex for i, (f, d) in enumerate(zip(families, depths))
+            for ex in make_examples(task, f, i, target_tokens, seed, d, count_tokens, questions)]

@@ -22,6 +22,9 @@ class GenerationRequest:
     seed: int = 0
     # a prompt outside the project's template (the server's free text): prefilled whole, as given
     raw_prompt: str | None = None
+    # the context's id when several questions share it: an engine may then prefill and compress
+    # it once per setting and answer each question from a copy of that cache
+    context_key: str | None = None
 
 
 @dataclass

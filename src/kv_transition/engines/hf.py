@@ -18,7 +18,8 @@ import torch
 from kv_transition.data import prompt as prompt_tpl
 from kv_transition.engines.base import (EngineError, GenerationRequest, GenerationResult,
                                          median_or_none)
-from kv_transition.engines.session import ModelSession, PrefillState
+from kv_transition.engines.session import ModelSession, PrefillState, cache_bytes
+from kv_transition.policy.spec import Setting, policy_spec
 
 
 class HFEngine(ModelSession):
@@ -84,6 +85,10 @@ class HFEngine(ModelSession):
                                      skip_special_tokens=True).strip()
         peak, scope = self.peak_mb()
         ttfb = state.seconds_to_first
+        # what the cache holds once the answer is written: a decoding press shrinks it while
+        # decoding, and a longer answer grows any cache (a compressed model that writes more
+        # can cost more overall)
+        end_bytes, end_tokens = cache_bytes(state.cache)
         return GenerationResult(
             text=text, finish_reason=finish, prompt_tokens=int(ctx_ids.shape[1] + q_ids.shape[1]),
             completion_tokens=len(tokens), latency_s=latency, ttfb_s=ttfb, prefill_s=state.seconds,
@@ -95,8 +100,22 @@ class HFEngine(ModelSession):
                    "kv_ratio": (state.kv_bytes / state.kv_bytes_uncompressed
                                 if state.kv_bytes_uncompressed else None),
                    "decode_s_per_token_median": median_or_none(steps[1:]),
+                   "kv_bytes_end": end_bytes, "kv_tokens_end": end_tokens,
                    "chat_template": self.use_chat, "query_aware": req.query_aware,
+                   **({"context_reused": state.reused} if req.context_key else {}),
                    **state.accounting, **extra_notes})
+
+    def _context_state(self, req: GenerationRequest, ctx_ids: torch.Tensor) -> PrefillState:
+        """The compressed context: a copy of the one held for an earlier question on it, or a
+        fresh prefill (held for the next question when the request names its context)."""
+        setting = (Setting(req.policy, req.budget),)
+        held = self.recall_context(req.context_key, ctx_ids, setting)
+        if held is not None:
+            return held[setting[0]]
+        state = self.prefill(ctx_ids, req.policy, req.budget)
+        if req.context_key is not None and holds_copies(req.policy):
+            self.keep_context(req.context_key, ctx_ids, setting, {setting[0]: state})
+        return state
 
     def _run(self, req: GenerationRequest, ctx_ids: torch.Tensor, q_ids: torch.Tensor,
              on_token: Callable[[int], None] | None = None):
@@ -104,7 +123,7 @@ class HFEngine(ModelSession):
         if req.query_aware:
             state = self.prefill(torch.cat([ctx_ids, q_ids], dim=1), req.policy, req.budget)
         else:
-            state = self.prefill(ctx_ids, req.policy, req.budget)
+            state = self._context_state(req, ctx_ids)
             self.extend(state, q_ids)
         state.seconds = self.now() - start  # all prompt processing, compression included
         self.settle(state)
@@ -112,6 +131,14 @@ class HFEngine(ModelSession):
                                             on_token)
         state.seconds_to_first = state.seconds + (steps[0] if steps else 0.0)
         return state, tokens, finish, steps
+
+
+def holds_copies(policy: str) -> bool:
+    """Can a copy of this policy's compressed context answer another question? Not for
+    presses defined in the config unless a lone scorer: wrappers such as AdaKV mask keys on
+    the attention modules, outside the cache a copy would carry."""
+    spec = policy_spec(policy)
+    return spec.definition is None or spec.shared_prefill
 
 
 @contextmanager

@@ -9,7 +9,8 @@ so before a model x policy runs, on one warm-up prompt (a synthetic needle task)
   or its attention modules' ``is_sliding``);
 * ``applied``: at budget 0.5 it compressed some layer at all (a press that silently does
   nothing, such as a pipeline-only press in this engine, would report the full cache's
-  accuracy as its own); masking presses, which keep every token by design, are exempt;
+  accuracy as its own); masking presses, which keep every token by design, are exempt, and a
+  decoding press passes when its hooks see the decoding steps;
 * ``mild_budget``: at budget 0.9 the next-token distribution stays close to the full cache's
   (KL in nats at most ``max_kl``). Measured values are stored with the verdict.
 
@@ -74,6 +75,28 @@ def _warmup_ids(engine, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
                                            answer_prefix=example.answer_prefix))
 
 
+def _decoding_hooks_fire(engine, ctx: torch.Tensor, q: torch.Tensor, policy: str) -> bool:
+    """A decoding press compresses only every ``compression_interval`` generated tokens (512
+    by default), too many for a warm-up: check instead that its hooks see the decoding steps,
+    which is what the engine owes it (it then compresses on its own schedule)."""
+    state = engine.prefill(ctx, policy, APPLIED_BUDGET)
+    engine.extend(state, q)
+    press = getattr(state.press, "decoding_press", None) or state.press
+    seen = []
+    original = press.forward_hook
+
+    def counting(module, *args, **kwargs):
+        seen.append(module.layer_idx)
+        return original(module, *args, **kwargs)
+
+    press.forward_hook = counting  # kvpress registers the instance's hook when entered
+    try:
+        engine.decode(state, 2, 0.0, 0)
+    finally:
+        del press.forward_hook
+    return bool(seen)
+
+
 @torch.inference_mode()
 def _next_token_logprobs(engine, ctx: torch.Tensor, q: torch.Tensor, policy: str,
                          budget: float) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -106,7 +129,8 @@ def check_policy(engine, policy: str, max_kl: float = MAX_KL) -> Verdict:
         "layers_compressed": half["layers_compressed"],
         "detail": f"it compressed sliding-window layers {touched}, whose attention mask works "
                   "by cache index" if touched else "no sliding-window layer compressed"})
-    applied = bool(half["layers_compressed"]) or _masks_by_design(policy)
+    applied = bool(half["layers_compressed"]) or _masks_by_design(policy) or \
+        policy_spec(policy).decoding and _decoding_hooks_fire(engine, ctx, q, policy)
     verdict.checks.append({
         "check": "applied", "passed": applied,
         "detail": f"at budget {APPLIED_BUDGET} it compressed no layer: the press did nothing "

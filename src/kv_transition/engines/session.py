@@ -13,9 +13,10 @@ different numbers of tokens (Gemma 3, PyramidKV), and a copy of it elsewhere wou
 
 from __future__ import annotations
 
+import copy
 import resource
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,7 +26,7 @@ import torch
 from kv_transition.engines.builtin import is_builtin, resolve_builtin
 from kv_transition.engines.shapes import build_random_model
 from kv_transition.errors import BadInput
-from kv_transition.kv.bounded import extend_masks, full_layer_tokens
+from kv_transition.kv.bounded import applying, extend_masks, full_layer_tokens
 from kv_transition.kv.quant.accounting import cache_accounting, kv_shape
 from kv_transition.kv.quant.cache import attention_modules, compressing
 from kv_transition.kv.registry import make_cache, make_press
@@ -47,6 +48,8 @@ class PrefillState:
     applied: dict[str, Any] = field(default_factory=dict)
     accounting: dict[str, Any] = field(default_factory=dict)  # ratios vs a 16-bit cache
     prompt_logits: torch.Tensor | None = None  # every prompt position's, when asked for
+    reused: bool = False  # a copy of a context prefilled for an earlier question
+    press: Any = None  # a decoding press (DecodingPress, ...): it stays on while decoding
 
 
 def layer_sizes(cache: Any) -> list[tuple[int, int]]:
@@ -78,6 +81,12 @@ def _masked_per_layer(model: Any, n_layers: int) -> list[int]:
         masked = getattr(module, "masked_key_indices", None)
         counts.append(0 if masked is None else int(len(masked[0])))
     return counts + [0] * (n_layers - len(counts))
+
+
+def hides_keys(model: Any) -> bool:
+    """Has a masking press (AdaKV, CriticalAdaKV) hidden keys from attention?"""
+    return any(getattr(m, "masked_key_indices", None) is not None
+               for m in attention_modules(model))
 
 
 def clear_masks(model: Any) -> None:
@@ -237,7 +246,8 @@ class ModelSession:
                              logits_to_keep=0 if all_logits else 1)
         seconds = self.now() - start
         state = PrefillState(cache, out.logits[0, -1], ids.shape[1], seconds=seconds, applied=applied,
-                             prompt_logits=out.logits[0] if all_logits else None)
+                             prompt_logits=out.logits[0] if all_logits else None,
+                             press=press if policy_spec(policy).decoding else None)
         state.kv_bytes = cache_bytes(cache)[0]
         state.kv_bytes_uncompressed = self.full_bytes(state)
         return state
@@ -256,6 +266,13 @@ class ModelSession:
         positions = torch.arange(state.n_positions, state.n_positions + n,
                                  device=self.device).unsqueeze(0)
         masks = None
+        if hides_keys(self.model):
+            # kvpress hides a masking press's keys (AdaKV) behind one fake key per head that
+            # must score ~0 against every query of the forward; many question tokens in a small
+            # head dimension can leave no such key (kvpress raises). One token at a time always
+            # has one, and attention gives the same result.
+            rows = [self.step(state, token) for token in ids[0].tolist()]
+            return torch.stack(rows) if all_logits else rows[-1][None]
         if uneven_layers(state.cache):
             # Gemma 3's compressed full-attention layers hold fewer tokens than its sliding
             # ones: masks built per attention type (kv/bounded.py). Per-layer budgets
@@ -277,6 +294,15 @@ class ModelSession:
         """Generate up to ``max_tokens``; returns (token ids, finish reason, seconds per token).
 
         ``on_token`` sees each token as it is chosen (the server streams with it)."""
+        with self._decoding(state):
+            return self._decode(state, max_tokens, temperature, seed, on_token)
+
+    def _decoding(self, state: PrefillState):
+        """A decoding press compresses the cache as tokens are generated: its hooks stay on."""
+        return applying(state.press, self.model) if state.press is not None else nullcontext()
+
+    def _decode(self, state: PrefillState, max_tokens: int, temperature: float, seed: int,
+                on_token: Callable[[int], None] | None):
         gen = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         tokens: list[int] = []
         step_times: list[float] = []
@@ -304,6 +330,26 @@ class ModelSession:
         state.n_positions += 1
         state.next_logits = out.logits[0, -1]
         return state.next_logits
+
+    # -- one context, several questions ---------------------------------------------------
+    def keep_context(self, context_key: str, ids: torch.Tensor, settings: tuple,
+                     states: dict) -> None:
+        """Hold a copy of ``states`` (setting -> PrefillState of the context ``ids``) for the
+        next question on the same context; one context is held at a time."""
+        self._context = (context_key, ids, settings, copy.deepcopy(states))
+
+    def recall_context(self, context_key: str | None, ids: torch.Tensor,
+                       settings: tuple) -> dict | None:
+        """A fresh copy of the held states if they are this context's under these settings."""
+        held = getattr(self, "_context", None)
+        if context_key is None or held is None or held[0] != context_key or \
+                held[2] != settings or not torch.equal(held[1], ids):
+            return None
+        clear_masks(self.model)  # held states come from presses that drop, never mask
+        states = copy.deepcopy(held[3])
+        for state in states.values():
+            state.reused, state.seconds = True, 0.0
+        return states
 
     def settle(self, state: PrefillState) -> None:
         """Measure what decoding will attend to: the compressed context plus whatever was fed

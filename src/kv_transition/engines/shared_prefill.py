@@ -130,10 +130,24 @@ def _generate_group(engine, req: GenerationRequest,
     prompt = torch.cat([ctx_ids, q_ids], dim=1) if req.query_aware else ctx_ids
     # the same failures a fresh prefill records, recorded the same way for the whole group
     with request_failures("shared prefill of " + ", ".join(f"{p}@{b}" for p, b in settings)):
-        states, forward_s, compress_s = prefill_settings(engine, prompt, settings)
+        states, forward_s, compress_s = _group_states(engine, req, prompt, settings)
         overhead = sum(compress_s.values())
         return {s: _finish(engine, req, states[s], forward_s - overhead + compress_s.get(s, 0.0),
                            ctx_ids, q_ids, len(settings)) for s in settings}
+
+
+def _group_states(engine, req: GenerationRequest, prompt: torch.Tensor, settings: list[Setting]):
+    """The group's prefilled states: copies of those held for an earlier question on the same
+    context, or one shared prefill (held for the next question when the request names its
+    context; a query-aware prompt holds the question, so it is never reused)."""
+    key = None if req.query_aware else req.context_key
+    held = engine.recall_context(key, prompt, tuple(settings))
+    if held is not None:
+        return held, 0.0, {}
+    states, forward_s, compress_s = prefill_settings(engine, prompt, settings)
+    if key is not None:
+        engine.keep_context(key, prompt, tuple(settings), states)
+    return states, forward_s, compress_s
 
 
 def _finish(engine, req: GenerationRequest, state, prefill_s: float, ctx_ids, q_ids,

@@ -45,8 +45,12 @@ def _build(definition: PressDef, holder: PressDef, budget: float, n_context_toke
     if definition.inner is not None:
         built = [_build(i, holder, budget, n_context_tokens) for i in definition.inners()]
         field = info.inner[0]
-        kwargs[field] = [b[0] for b in built] if field in LIST_INNER else built[0][0]
-        applied["inner"] = [b[1] for b in built] if field in LIST_INNER else built[0][1]
+        if len(info.inner) > 1:  # one press per field (PrefillDecodingPress)
+            kwargs.update({f: b[0] for f, b in zip(info.inner, built)})
+            applied["inner"] = [b[1] for b in built]
+        else:
+            kwargs[field] = [b[0] for b in built] if field in LIST_INNER else built[0][0]
+            applied["inner"] = [b[1] for b in built] if field in LIST_INNER else built[0][1]
     press = getattr(kvpress, definition.press)(**kwargs)
     if info.download:
         _explain_downloads(press, definition.press, info.download)

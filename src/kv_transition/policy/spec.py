@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from kv_transition.errors import BadInput
 from kv_transition.policy.quant import (DESCRIPTIONS, QuantOptions, check_setting, is_quant_name,
                                         parse_quant, split_policy)
-from kv_transition.press_catalog import PRESSES, SCORER, PressDef
+from kv_transition.press_catalog import DECODING, PRESSES, SCORER, PressDef
 
 BASELINE_POLICY = "full"
 
@@ -31,6 +31,7 @@ class PolicySpec:
     description: str = ""
     quant: str | None = None  # a policy/quant.py policy, applied to what the press (if any) kept
     definition: Any = None  # a press_catalog.PressDef for a policy defined in the config
+    decoding: bool = False  # compresses while decoding: the press stays on after the prefill
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -122,6 +123,7 @@ def spec_fields(name: str, definition: PressDef) -> dict[str, Any]:
     return {"name": name, "family": "eviction", "press": definition.press,
             "needs_attention_weights": any(PRESSES[p.press].attention_weights for p in presses),
             "shared_prefill": alone, "description": definition.describe(),
+            "decoding": any(PRESSES[p.press].role == DECODING for p in presses),
             "definition": definition}
 
 

@@ -89,7 +89,7 @@ def recall_example(step: int, j: int, count: int, rng: random.Random) -> Example
     keys = rng.sample(vocab.KEYS, count)
     values = synthetic.numbers(rng, count, synthetic.NIAH_DIGITS)
     context = " ".join(synthetic.needle(k, v) for k, v in zip(keys, values))
-    question, prefix = qa.single_key_question(keys[0])
+    question, prefix = synthetic.single_key_question(keys[0])
     return Example(f"recall-{step}-{j}", question, context, [values[0]],
                    {"task": "niah_multikey"}, prefix)
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from kv_transition.data.normalize import Example
+from kv_transition.data.synthetic import single_key_question
 from kv_transition.reference import formats
 
 # The generator's key/value needles, in the order they appear in the context.
@@ -34,12 +35,6 @@ class Ask:
 def facts(context: str) -> list[tuple[str, str]]:
     """(key, value) of every key/value needle, in context order."""
     return _FACT.findall(context)
-
-
-def single_key_question(key: str) -> tuple[str, str]:
-    """(question, answer prefix) for one key, worded as niah_single / niah_multikey."""
-    return (f"What is the special magic number for {key} mentioned in the provided text?",
-            f"The special magic number for {key} mentioned in the provided text is")
 
 
 def asked_key(example: Example) -> str:

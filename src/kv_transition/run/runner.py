@@ -83,7 +83,7 @@ def _request_for(row: sqlite3.Row, settings: Settings, policy: str,
         context=row["context"], question=row["question"], max_tokens=row["max_tokens"],
         temperature=row["temperature"], policy=policy, budget=budget,
         query_aware=settings.kv.query_aware, answer_prefix=meta.get("answer_prefix", ""),
-        seed=settings.decoding.seed + row["entry_id"])
+        seed=settings.decoding.seed + row["entry_id"], context_key=meta.get("cluster"))
 
 
 def entry_tasks(conn: sqlite3.Connection, claims: list[list[int]], setting_of: dict[int, Setting],
