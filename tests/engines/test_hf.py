@@ -101,7 +101,10 @@ def test_each_request_records_the_layers_its_policy_compressed(engine):
 def test_model_threads_sets_torchs_cpu_threads(models_root):
     before = torch.get_num_threads()
     try:
-        HFEngine(ModelConfig(device="cpu", dtype="float32", threads=1), PressConfig(), models_root)
+        one = HFEngine(ModelConfig(device="cpu", dtype="float32", threads=1), PressConfig(),
+                       models_root)
         assert torch.get_num_threads() == 1
+        # every answer records the threads it ran with
+        assert one.generate(_req(max_tokens=1)).notes["torch_threads"] == 1
     finally:
         torch.set_num_threads(before)

@@ -94,7 +94,9 @@ class HFEngine(ModelSession):
             completion_tokens=len(tokens), latency_s=latency, ttfb_s=ttfb, prefill_s=state.seconds,
             decode_s=latency - ttfb, peak_mem_mb=peak, kv_bytes=state.kv_bytes,
             raw={"token_ids": tokens, "applied": state.applied},
+            # the threads torch really used: oversubscribed threads distort every latency
             notes={"peak_mem_scope": scope, "device": str(self.device), "dtype": str(self.dtype),
+                   "torch_threads": torch.get_num_threads(),
                    "context_tokens": int(ctx_ids.shape[1]), "question_tokens": int(q_ids.shape[1]),
                    "kv_bytes_uncompressed": state.kv_bytes_uncompressed,
                    "kv_ratio": (state.kv_bytes / state.kv_bytes_uncompressed
