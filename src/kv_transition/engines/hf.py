@@ -19,7 +19,7 @@ from kv_transition.data import prompt as prompt_tpl
 from kv_transition.engines.base import (EngineError, GenerationRequest, GenerationResult,
                                          median_or_none)
 from kv_transition.engines.session import ModelSession, PrefillState, cache_bytes
-from kv_transition.policy.spec import Setting, policy_spec
+from kv_transition.policy.spec import Setting
 
 
 class HFEngine(ModelSession):
@@ -115,8 +115,7 @@ class HFEngine(ModelSession):
         if held is not None:
             return held[setting[0]]
         state = self.prefill(ctx_ids, req.policy, req.budget)
-        if req.context_key is not None and holds_copies(req.policy):
-            self.keep_context(req.context_key, ctx_ids, setting, {setting[0]: state})
+        self.keep_context(req.context_key, ctx_ids, setting, {setting[0]: state})
         return state
 
     def _run(self, req: GenerationRequest, ctx_ids: torch.Tensor, q_ids: torch.Tensor,
@@ -133,14 +132,6 @@ class HFEngine(ModelSession):
                                             on_token)
         state.seconds_to_first = state.seconds + (steps[0] if steps else 0.0)
         return state, tokens, finish, steps
-
-
-def holds_copies(policy: str) -> bool:
-    """Can a copy of this policy's compressed context answer another question? Not for
-    presses defined in the config unless a lone scorer: wrappers such as AdaKV mask keys on
-    the attention modules, outside the cache a copy would carry."""
-    spec = policy_spec(policy)
-    return spec.definition is None or spec.shared_prefill
 
 
 @contextmanager

@@ -175,6 +175,7 @@ class ModelSession:
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self.use_chat = self._wants_chat_template()
         self.eos_ids = self._eos_ids()
+        self._context = None  # (key, ids, settings, states) of the context held for reuse
 
     # -- loading -------------------------------------------------------------------------
     def _load(self, attn: str):
@@ -332,23 +333,25 @@ class ModelSession:
         return state.next_logits
 
     # -- one context, several questions ---------------------------------------------------
-    def keep_context(self, context_key: str, ids: torch.Tensor, settings: tuple,
+    def keep_context(self, context_key: str | None, ids: torch.Tensor, settings: tuple,
                      states: dict) -> None:
         """Hold a copy of ``states`` (setting -> PrefillState of the context ``ids``) for the
-        next question on the same context; one context is held at a time."""
-        self._context = (context_key, ids, settings, copy.deepcopy(states))
+        next question on the same context; one context is held at a time. Nothing is held
+        without a key, or for a policy whose state a copy of the cache would not carry."""
+        if context_key is not None and all(holds_copies(policy) for policy, _ in settings):
+            self._context = (context_key, ids, settings, copy.deepcopy(states))
 
     def recall_context(self, context_key: str | None, ids: torch.Tensor,
                        settings: tuple) -> dict | None:
         """A fresh copy of the held states if they are this context's under these settings."""
-        held = getattr(self, "_context", None)
+        held = self._context
         if context_key is None or held is None or held[0] != context_key or \
                 held[2] != settings or not torch.equal(held[1], ids):
             return None
         clear_masks(self.model)  # held states come from presses that drop, never mask
         states = copy.deepcopy(held[3])
         for state in states.values():
-            state.reused, state.seconds = True, 0.0
+            state.reused = True
         return states
 
     def settle(self, state: PrefillState) -> None:
@@ -400,6 +403,15 @@ class ModelSession:
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def holds_copies(policy: str) -> bool:
+    """Can a copy of this policy's compressed context answer another question? Not for
+    presses defined in the config unless a lone scorer: wrappers such as AdaKV mask keys on
+    the attention modules, and decoding presses keep buffers, outside the cache a copy would
+    carry."""
+    spec = policy_spec(policy)
+    return spec.definition is None or spec.shared_prefill
 
 
 def choose_token(logits: torch.Tensor, temperature: float, gen) -> int:

@@ -145,8 +145,7 @@ def _group_states(engine, req: GenerationRequest, prompt: torch.Tensor, settings
     if held is not None:
         return held, 0.0, {}
     states, forward_s, compress_s = prefill_settings(engine, prompt, settings)
-    if key is not None:
-        engine.keep_context(key, prompt, tuple(settings), states)
+    engine.keep_context(key, prompt, tuple(settings), states)
     return states, forward_s, compress_s
 
 

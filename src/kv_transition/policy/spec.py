@@ -155,17 +155,10 @@ def policy_spec(name: str) -> PolicySpec:
 class Setting(NamedTuple):
     """One cell of the grid: a policy at a budget (a fraction of the full cache, or a token
     count above 1). A tuple, so it unpacks as ``policy, budget`` and keys what a plain pair
-    keys; ``spec`` is the policy's parsed definition."""
+    keys; ``policy_spec(setting.policy)`` is its parsed definition (parsed once)."""
 
     policy: str
     budget: float
-
-    @property
-    def spec(self) -> PolicySpec:
-        return policy_spec(self.policy)
-
-    def label(self) -> str:
-        return f"{self.policy}@{self.budget:g}"
 
 
 def check_policies(names: list[str], budgets: list[float], quant_cfg: QuantOptions,
