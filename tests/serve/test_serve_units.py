@@ -86,3 +86,11 @@ def test_histogram_buckets_are_cumulative():
     assert hist.lines("x", 'e="a"') == [
         'x_bucket{e="a",le="0.1"} 1', 'x_bucket{e="a",le="1.0"} 3', 'x_bucket{e="a",le="+Inf"} 4',
         'x_sum{e="a"} 8.05', 'x_count{e="a"} 4']
+
+
+def test_histogram_sum_of_a_tiny_wait_is_a_prometheus_float():
+    # a queue wait of a few microseconds renders in exponent form, as the text format allows
+    hist = Histogram((0.1,))
+    hist.observe(3.4e-05)
+    assert hist.lines("w")[-2] == "w_sum 3.4e-05"
+    assert float(hist.lines("w")[-2].split()[1]) == 3.4e-05
