@@ -6,6 +6,14 @@ and question (``the special magic number for KEY is: 4985193.``, then the RULER 
 answer prefix); ``--wording compact`` writes ``KEY 4985193.`` and asks ``? KEY``, and
 ``--no-space`` drops the word tokenizer's standalone ``▁`` before numbers, so the value follows
 its key directly (plain induction). ``--init`` sets transformers' ``initializer_range``.
+``--repeats R`` writes each needle R times in shuffled order, the values of its repeats
+carrying loss; ``--save`` and ``--init-from`` chain probes into stages (the binding stages of
+``kv-transition reference train``, MODEL_CARD.md):
+
+    .venv/bin/python benchmarks/reference_recall_probe.py --needles 4 --repeats 3 --batch 32 \
+        --steps 2600 --wording compact --no-space --threads 1 --save /tmp/compact.pt
+    .venv/bin/python benchmarks/reference_recall_probe.py --needles 4 --repeats 3 --batch 32 \
+        --steps 850 --wording ruler --threads 1 --init-from /tmp/compact.pt
 
     .venv/bin/python benchmarks/reference_recall_probe.py --needles 1 --init 0.02 --steps 200
     .venv/bin/python benchmarks/reference_recall_probe.py --needles 1 --init 0.1 --steps 200
@@ -21,6 +29,7 @@ one only retrieval can give; chance 1/900, copying some value of the context 1/n
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import time
 
@@ -33,26 +42,40 @@ from kv_transition.reference.dataset import IGNORE
 from kv_transition.reference.model import model_config, special_ids, word_tokenizer
 
 
-def _row(args, rng, encode, eos) -> tuple[list[int], list[bool], list[int]]:
-    """(ids, loss mask, positions predicting a first digit group) of one context + questions."""
+def _row(args, rng, encode, eos) -> tuple[list[int], list[bool], list[int], list[int]]:
+    """(ids, loss mask, positions predicting an answer's first digit group, and a repeated
+    needle's) of one context + questions."""
     keys = rng.sample(vocab.KEYS, args.n_now)
     values = [str(rng.randrange(10 ** 6, 10 ** 7)) for _ in keys]
-    ruler = args.wording == "ruler"
-    ids = []
-    for k, v in zip(keys, values):
-        ids += encode(f"The special magic number for {k} is: {v}. " if ruler else f"{k} {v}. ")
-    mask, firsts = [False] * len(ids), []
+    ruler = args.wording == "ruler" or (args.wording == "mixed" and rng.random() < 0.5)
+    encode = functools.partial(encode, drop_space=args.no_space and not ruler)
+    mixed_compact = args.wording == "mixed" and not ruler
+    ids, mask, firsts, seen, reps = [], [], [], set(), []
+    order = [i for i in range(len(keys)) for _ in range(args.repeats)]
+    rng.shuffle(order)
+    for i in order:
+        k, v = keys[i], values[i]
+        lead = encode(f"The special magic number for {k} is:" if ruler else k)
+        value = encode(f" {v}. ")
+        ids += lead
+        mask += [args.lm] * len(lead)
+        if i in seen:  # a repeat: its value is known only by binding it to the key
+            reps.append(len(ids) - 1 + (0 if args.no_space and not ruler else 1))
+        ids += value
+        mask += [args.lm or i in seen] * len(value)
+        seen.add(i)
     for i in rng.sample(range(len(keys)), len(keys)):
         question, prefix = single_key_question(keys[i])
         ask = encode(f"\n\nQuestion: {question}\nAnswer: {prefix}" if ruler else f" ? {keys[i]}")
         answer = encode(f" {values[i]}.") + [eos]
         ids += ask
-        mask += [False] * len(ask)
+        mask += [args.lm] * len(ask)
         # the position before the first digit group predicts it (past the "▁" if kept)
-        firsts.append(len(ids) - 1 + (0 if args.no_space else 1))
+        (reps if mixed_compact else firsts).append(
+            len(ids) - 1 + (0 if args.no_space and not ruler else 1))
         ids += answer
         mask += [True] * len(answer)
-    return ids, mask, firsts
+    return ids, mask, firsts, reps
 
 
 def _rows_now(args, rng) -> int:
@@ -77,16 +100,18 @@ def _schedule(text: str) -> list[tuple[int, int]]:
 
 def _batch(args, rng, encode, specials):
     rows = [_row(args, rng, encode, specials["eos"]) for _ in range(_rows_now(args, rng))]
-    width = 1 + max(len(ids) for ids, _, _ in rows)
+    width = 1 + max(len(row[0]) for row in rows)
     ids = torch.full((len(rows), width), specials["pad"])
     labels = torch.full((len(rows), width), IGNORE)
     first = torch.zeros((len(rows), width - 1), dtype=torch.bool)
-    for b, (row, mask, firsts) in enumerate(rows):
+    repeat = torch.zeros_like(first)
+    for b, (row, mask, firsts, reps) in enumerate(rows):
         full = [specials["bos"]] + row
         ids[b, :len(full)] = torch.tensor(full)
         labels[b, 1:len(full)] = torch.tensor([t if m else IGNORE for t, m in zip(row, mask)])
         first[b, [p + 1 for p in firsts]] = True  # +1: BOS shifts every position
-    return ids, labels[:, 1:], first
+        repeat[b, [p + 1 for p in reps]] = True
+    return ids, labels[:, 1:], first, repeat
 
 
 def main() -> None:
@@ -96,7 +121,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--init", type=float, default=0.1, help="initializer_range of the weights")
-    ap.add_argument("--wording", choices=("ruler", "compact"), default="ruler")
+    ap.add_argument("--wording", choices=("ruler", "compact", "mixed"), default="ruler",
+                    help="mixed: each row either (--no-space applies to compact rows only); "
+                         "the first-group column then scores ruler rows, the last column "
+                         "compact rows' answers and all repeats")
     ap.add_argument("--no-space", action="store_true", help="drop the '▁' token before numbers")
     ap.add_argument("--needles-max", type=int, default=0,
                     help="draw each step's needle count from --needles to this")
@@ -105,26 +133,37 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4, help="decoder layers of the probed shape")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="each needle appears this often in the context, in shuffled order; "
+                         "the values of its repeats carry loss")
+    ap.add_argument("--lm", action="store_true", help="loss on every token, not only answers")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the weights and the data")
+    ap.add_argument("--init-from", default=None,
+                    help="start from the weights another probe saved (a staged recipe)")
+    ap.add_argument("--save", default=None, help="save the weights here at the end")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     tok = word_tokenizer()
     space = tok.token_to_id("\u2581")
-    encode = lambda text: [i for i in tok.encode(text, add_special_tokens=False).ids  # noqa: E731
-                           if not (args.no_space and i == space)]
+    def encode(text: str, drop_space: bool) -> list[int]:
+        return [i for i in tok.encode(text, add_special_tokens=False).ids
+                if not (drop_space and i == space)]
     config = model_config("reference", tok)
     config.initializer_range = args.init
     config.num_hidden_layers = args.layers
     model = LlamaForCausalLM(config)
+    if args.init_from:
+        model.load_state_dict(torch.load(args.init_from, weights_only=True))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     print(f"`{' '.join(['benchmarks/reference_recall_probe.py'] + [f'--{k.replace(chr(95), chr(45))} {v}' for k, v in vars(args).items()])}`\n")
-    print("| step | needles | answer loss | first-group accuracy | seconds |\n"
-          "|---:|---:|---:|---:|---:|")
+    print("| step | needles | loss | first-group accuracy | on repeats | seconds |\n"
+          "|---:|---:|---:|---:|---:|---:|")
     start = time.monotonic()
     for step in range(1, args.steps + 1):
         args.step = step
-        ids, gold, first = _batch(args, rng, encode, special_ids(tok))
+        ids, gold, first, repeat = _batch(args, rng, encode, special_ids(tok))
         logits = model(input_ids=ids).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                  gold.reshape(-1), ignore_index=IGNORE)
@@ -133,10 +172,14 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % args.every == 0:
-            acc = (logits.argmax(-1)[first] == gold[first]).float().mean().item()
-            print(f"| {step} | {args.n_now} | {loss.item():.3f} | {acc:.3f} | "
+            hit = logits.argmax(-1) == gold
+            acc = hit[first].float().mean().item()
+            rep = f"{hit[repeat].float().mean().item():.3f}" if repeat.any() else "-"
+            print(f"| {step} | {args.n_now} | {loss.item():.3f} | {acc:.3f} | {rep} | "
                   f"{time.monotonic() - start:.0f} |",
                   flush=True)
+            if args.save:  # at every log, so a run stopped by a time limit keeps its weights
+                torch.save(model.state_dict(), args.save)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from kv_transition.console import state as _state
 from kv_transition.errors import BadInput
 from kv_transition.policy.spec import Setting
 from kv_transition.reference import evaluate as ev
+from kv_transition.reference.binding import WORDINGS
 from kv_transition.reference.model import hardware
 
 reference_app = typer.Typer(no_args_is_help=True, help=(
@@ -47,6 +48,15 @@ def _floats(option: str, text: str) -> list[float]:
     return values
 
 
+def _wordings(text: str) -> tuple[str, ...]:
+    names = tuple(w.strip() for w in text.split(",") if w.strip() and w.strip() != "none")
+    bad = [w for w in names if w not in WORDINGS]
+    if bad:
+        raise BadInput(f"--binding {text!r}: unknown stage {bad[0]!r}; allowed: "
+                       f"{', '.join(WORDINGS)}, separated by commas, or 'none'")
+    return names
+
+
 @reference_app.command("train")
 def train_cmd(
         out: Path = typer.Option(..., "--out", help="Directory for the checkpoint and the model."),
@@ -74,6 +84,13 @@ def train_cmd(
         checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
         log_every: int = typer.Option(25, help="Steps between log lines."),
         save_dtype: str = typer.Option("float16", help="dtype of the saved weights."),
+        binding: str = typer.Option(
+            "compact,ruler", help="Needle-only binding stages before the task families, in "
+            "order (compact, ruler; 'none' for none): MODEL_CARD.md, 'Binding stages'."),
+        binding_gate: float = typer.Option(0.9, help="Accuracy of the answers' first digit "
+                                           "groups that ends a binding stage."),
+        binding_max_steps: int = typer.Option(4000, min=1, help="Steps after which a binding "
+                                              "stage ends even without binding."),
         resume: bool = typer.Option(False, help="Continue from --out's checkpoint."),
         max_minutes: Optional[float] = typer.Option(
             None, help="Checkpoint and stop after this many minutes; rerun with --resume."),
@@ -86,7 +103,9 @@ def train_cmd(
 
         plan = DataPlan(seed=seed, steps=steps, tokens_per_step=tokens_per_step, min_len=min_len,
                         max_len=max_len, ramp_frac=ramp, short_len=short_len,
-                        hold_frac=hold, gate_acc=gate_acc, repeat_spans=repeat_spans)
+                        hold_frac=hold, gate_acc=gate_acc, repeat_spans=repeat_spans,
+                        binding=_wordings(binding), binding_gate=binding_gate,
+                        binding_max_steps=binding_max_steps)
         cfg = TrainConfig(out=str(out), size=size, data=plan, lr=lr, warmup=warmup,
                           device=device, workers=workers, checkpoint_every=checkpoint_every,
                           log_every=log_every, save_dtype=save_dtype, lm_weight=lm_weight)

@@ -25,7 +25,7 @@ import torch
 from kv_transition.data import prompt as prompt_tpl
 from kv_transition.data import synthetic, vocab
 from kv_transition.data.normalize import Example
-from kv_transition.reference import formats, qa, repeats
+from kv_transition.reference import binding, formats, qa, repeats
 from kv_transition.reference.model import digit_ids, special_ids, word_tokenizer
 
 IGNORE = -100  # label of tokens without loss (torch's cross_entropy ignore_index)
@@ -60,17 +60,36 @@ class DataPlan:
     repeat_spans: int = 2  # spans of each context copied later into it (reference/repeats.py)
     family_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FAMILY_WEIGHTS))
     format_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FORMAT_WEIGHTS))
+    # Binding stages before the families (reference/binding.py): needle-only rows in each
+    # wording in turn, each until the answers' first digit groups reach ``binding_gate`` in a
+    # log window or ``binding_max_steps`` have passed. Empty: the families from step 0.
+    binding: tuple[str, ...] = ()
+    binding_needles: int = 4
+    binding_repeats: int = 3
+    binding_rows: int = 32
+    binding_gate: float = 0.9
+    binding_max_steps: int = 4000
 
-    def ramp_start(self, gate_step: int | None) -> float:
+    def stage_of(self, step: int, stage_starts: list[int]) -> int:
+        """Index of the stage batch ``step`` belongs to; ``len(binding)`` is the families.
+
+        ``stage_starts`` are the steps at which the stages after the first began (the training
+        loop appends them and the checkpoint keeps them), so a batch depends on them, the seed
+        and the step alone.
+        """
+        return min(len(self.binding), sum(1 for start in stage_starts if start <= step))
+
+    def ramp_start(self, gate_step: int | None, families_start: int = 0) -> float:
         """The ramp starts when the gate opened, or when the longest hold ends."""
-        hold = self.hold_frac * self.steps
+        hold = families_start + self.hold_frac * self.steps
         return hold if gate_step is None else min(hold, gate_step)
 
-    def length_cap(self, step: int, gate_step: int | None = None) -> int:
+    def length_cap(self, step: int, gate_step: int | None = None,
+                   families_start: int = 0) -> int:
         """The longest context allowed at ``step``: ``short_len``, linear growth, ``max_len``."""
         start = min(max(self.short_len, self.min_len), self.max_len)
         ramp = max(1.0, self.ramp_frac * self.steps)
-        grown = min(1.0, max(0.0, step - self.ramp_start(gate_step)) / ramp)
+        grown = min(1.0, max(0.0, step - self.ramp_start(gate_step, families_start)) / ramp)
         return round(start + (self.max_len - start) * grown)
 
     def step_rng(self, step: int) -> random.Random:
@@ -135,10 +154,20 @@ def collate(sequences: list[tuple[list[int], list[bool]]], pad_id: int) -> dict[
 class StepBatches(torch.utils.data.Dataset):
     """Item ``s`` is the whole batch of step ``s`` (use with ``batch_size=None``)."""
 
-    def __init__(self, plan: DataPlan, gate_step: int | None = None):
+    def __init__(self, plan: DataPlan, gate_step: int | None = None,
+                 stage_starts: list[int] | None = None):
         self.plan = plan
         self.gate_step = gate_step  # set by the training loop when the gate opens
+        self.stage_starts = list(stage_starts or [])  # appended by the loop as stages end
         self._tok = None  # built lazily, once per loader worker
+
+    @property
+    def stages_done(self) -> bool:
+        return len(self.stage_starts) >= len(self.plan.binding)
+
+    @property
+    def families_start(self) -> int:
+        return self.stage_starts[len(self.plan.binding) - 1] if self.plan.binding else 0
 
     def __len__(self) -> int:
         return self.plan.steps
@@ -151,7 +180,11 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         plan, rng = self.plan, self.plan.step_rng(step)
-        length = rng.randint(plan.min_len, plan.length_cap(step, self.gate_step))
+        stage = plan.stage_of(step, self.stage_starts)
+        if stage < len(plan.binding):
+            return self._binding_batch(rng, plan.binding[stage])
+        cap = plan.length_cap(step, self.gate_step, self.families_start)
+        length = rng.randint(plan.min_len, cap)
         count = lambda text: len(self.tok.encode(text, add_special_tokens=False).ids)  # noqa: E731
         family = rng.choices(list(plan.family_weights), list(plan.family_weights.values()))[0]
         if family == RECALL:
@@ -163,6 +196,17 @@ class StepBatches(torch.utils.data.Dataset):
             sequences.append(build_sequence(self.tok, example, asks, rng, plan.repeat_spans))
         batch = collate(sequences, special_ids(self.tok)["pad"])
         batch["context_tokens"] = torch.tensor(length)
+        return batch
+
+    def _binding_batch(self, rng: random.Random, wording: str) -> dict[str, torch.Tensor]:
+        """``binding_rows`` needle-only rows; no language-modelling loss (``lm`` 0)."""
+        plan, bos = self.plan, special_ids(self.tok)["bos"]
+        rows = [binding.binding_row(self.tok, rng, plan.binding_needles, plan.binding_repeats,
+                                    wording) for _ in range(plan.binding_rows)]
+        batch = collate([([bos] + ids, [False] + mask) for ids, mask in rows],
+                        special_ids(self.tok)["pad"])
+        batch["context_tokens"] = torch.tensor(max(len(ids) for ids, _ in rows))
+        batch["lm"] = torch.tensor(0)
         return batch
 
     def _recall_batch(self, step: int, rng: random.Random) -> dict[str, torch.Tensor]:

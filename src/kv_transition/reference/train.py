@@ -110,10 +110,13 @@ def _context_loss(model, flat, batch, targets, device, pad_id: int):
 def answer_loss(model, batch: dict[str, torch.Tensor], device: torch.device,
                 value_ids: torch.Tensor | None = None, lm_weight: float = 0.0,
                 pad_id: int = 0):
-    """(mean cross-entropy, correct argmax tokens, correct and total value tokens) over answers.
+    """Cross-entropy over answers and counts: (loss, correct argmax tokens, correct and total
+    value tokens, correct and total first digit groups).
 
     Value tokens are the digits of the answers: the part retrieval must get right, where the
-    format's scaffolding (``def answer(): return``) is learned long before retrieval is.
+    format's scaffolding (``def answer(): return``) is learned long before retrieval is. A
+    value's first digit group (one not preceded by another) is the part only retrieval gives;
+    the later groups are copying once the first is right.
 
     With ``lm_weight`` > 0 every other non-pad token is also predicted (plain language
     modelling on the haystack and questions), weighted by it: the answer-only loss gives the
@@ -130,12 +133,18 @@ def answer_loss(model, batch: dict[str, torch.Tensor], device: torch.device,
         flat = hidden.reshape(-1, hidden.shape[-1])
         logits = model.lm_head(flat.index_select(0, index.to(device))).float()
     loss = torch.nn.functional.cross_entropy(logits, gold)
-    if lm_weight > 0:
+    if lm_weight > 0 and int(batch.get("lm", 1)):  # binding batches carry no LM loss
         loss = loss + lm_weight * _context_loss(model, flat, batch, targets, device, pad_id)
     hit = logits.argmax(-1) == gold
-    is_value = torch.isin(gold, value_ids.to(device)) if value_ids is not None else \
-        torch.zeros_like(hit)
-    return loss, hit.sum(), (hit & is_value).sum(), is_value.sum()
+    if value_ids is None:
+        none = torch.zeros_like(hit)
+        return loss, hit.sum(), none.sum(), none.sum(), none.sum(), none.sum()
+    value_ids = value_ids.to(device)
+    is_value = torch.isin(gold, value_ids)
+    before = batch["input_ids"][:, :-1].flatten()[index].to(device)
+    is_first = is_value & ~torch.isin(before, value_ids)
+    return (loss, hit.sum(), (hit & is_value).sum(), is_value.sum(), (hit & is_first).sum(),
+            is_first.sum())
 
 
 def _new_state(cfg: TrainConfig, device: torch.device):
@@ -148,7 +157,8 @@ def _new_state(cfg: TrainConfig, device: torch.device):
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device):
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    if saved["identity"] != json.loads(json.dumps(cfg.identity())):
+    same = lambda identity: json.loads(json.dumps(identity))  # noqa: E731  tuples read as lists
+    if same(saved["identity"]) != same(cfg.identity()):
         raise BadInput(f"{path}: this checkpoint was made with other training settings "
                        f"({saved['identity']}); rerun with the same options, or without "
                        "--resume into an empty --out")
@@ -171,8 +181,8 @@ def _loader(cfg: TrainConfig, progress: dict, device: torch.device):
     Loader workers would build batches ahead with a stale gate, so they are allowed only
     where the gate cannot move any more (it has opened, or is switched off).
     """
-    batches = StepBatches(cfg.data, progress.get("gate_step"))
-    gated = cfg.data.gate_acc > 0 and batches.gate_step is None
+    batches = StepBatches(cfg.data, progress.get("gate_step"), progress.get("stage_starts"))
+    gated = (cfg.data.gate_acc > 0 and batches.gate_step is None) or not batches.stages_done
     workers = 0 if gated else cfg.workers
     sampler = range(progress["step"], cfg.data.steps)  # in order: step s always gets batch s
     extra = {"prefetch_factor": 4, "persistent_workers": False} if workers else {}
@@ -250,7 +260,7 @@ def _loop(cfg, model, opt, progress, device, out, max_minutes, log) -> bool:
     values = _value_ids()
     pad = special_ids(word_tokenizer())["pad"]
     window = {"steps": 0, "loss": 0.0, "correct": 0, "count": 0, "value_correct": 0,
-              "value_count": 0, "t": start}  # loss, correct:
+              "value_count": 0, "first_correct": 0, "first_count": 0, "t": start}  # loss, correct:
     # tensors on the device until a log line reads them, so steps do not wait for the GPU
     spent = progress["seconds"]
     batches, loader = _loader(cfg, progress, device)
@@ -258,7 +268,7 @@ def _loop(cfg, model, opt, progress, device, out, max_minutes, log) -> bool:
         step = progress["step"]
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        loss, correct, value_correct, value_count = answer_loss(
+        loss, correct, value_correct, value_count, first_correct, first_count = answer_loss(
             model, batch, device, values, cfg.lm_weight, pad)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,9 +282,15 @@ def _loop(cfg, model, opt, progress, device, out, max_minutes, log) -> bool:
         window["count"] += int((batch["labels"] != IGNORE).sum())
         window["value_correct"] += value_correct
         window["value_count"] += value_count
+        window["first_correct"] += first_correct
+        window["first_count"] += first_count
         if progress["step"] % cfg.log_every == 0 or progress["step"] == cfg.data.steps:
-            entry = _log_window(cfg, progress, window, int(batch["context_tokens"]), out, log)
-            _maybe_open_gate(cfg, batches, progress, entry, log)
+            entry = _log_window(cfg, progress, window, int(batch["context_tokens"]), out, log,
+                                batches)
+            if batches.stages_done:
+                _maybe_open_gate(cfg, batches, progress, entry, log)
+            else:
+                _maybe_end_stage(cfg, batches, progress, entry, log)
         if progress["step"] % cfg.checkpoint_every == 0 and progress["step"] < cfg.data.steps:
             _save_checkpoint(out, cfg, model, opt, progress)
         if max_minutes is not None and time.monotonic() - start > 60 * max_minutes \
@@ -283,21 +299,46 @@ def _loop(cfg, model, opt, progress, device, out, max_minutes, log) -> bool:
     return True
 
 
-def _log_window(cfg, progress, window, length, out, log) -> None:
+def _log_window(cfg, progress, window, length, out, log, batches) -> dict:
     steps, now = window["steps"], time.monotonic()
     entry = {"step": progress["step"], "loss": round(float(window["loss"]) / steps, 4),
              "answer_token_acc": round(float(window["correct"]) / max(1, window["count"]), 4),
              "value_token_acc": round(float(window["value_correct"]) /
                                       max(1, int(window["value_count"])), 4),
-             "lr": lr_at(cfg, progress["step"] - 1), "context_tokens": length,
+             "first_group_acc": round(float(window["first_correct"]) /
+                                      max(1, int(window["first_count"])), 4),
+             "stage": _stage_name(cfg, progress),
+             "lr": lr_at(cfg, progress["step"] - 1),
+             "context_tokens": length,
              "s_per_step": round((now - window["t"]) / steps, 3),
              "seconds": round(progress["seconds"], 1)}
     progress["last_log"] = entry
     with open(out / LOG, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
     log(" ".join(f"{k}={v}" for k, v in entry.items()))
-    window.update(steps=0, loss=0.0, correct=0, count=0, value_correct=0, value_count=0, t=now)
+    window.update(steps=0, loss=0.0, correct=0, count=0, value_correct=0, value_count=0,
+                  first_correct=0, first_count=0, t=now)
     return entry
+
+
+def _stage_name(cfg, progress) -> str:
+    """The stage of the step just logged: a binding wording, or ``families``."""
+    stage = cfg.data.stage_of(progress["step"] - 1, progress.get("stage_starts", []))
+    return cfg.data.binding[stage] if stage < len(cfg.data.binding) else "families"
+
+
+def _maybe_end_stage(cfg, batches, progress, entry, log) -> None:
+    """Move to the next binding stage (or to the families) once this one has bound."""
+    plan, starts = cfg.data, batches.stage_starts
+    began = starts[-1] if starts else 0
+    bound = entry["first_group_acc"] >= plan.binding_gate
+    if bound or progress["step"] - began >= plan.binding_max_steps:
+        starts.append(progress["step"])
+        progress["stage_starts"] = list(starts)
+        why = (f"first digit groups {entry['first_group_acc']:.3f} >= {plan.binding_gate}"
+               if bound else f"{plan.binding_max_steps} steps without binding")
+        log(f"binding stage {plan.binding[len(starts) - 1]} ended at step {progress['step']}: "
+            f"{why}")
 
 
 def _maybe_open_gate(cfg, batches, progress, entry, log) -> None:
