@@ -146,3 +146,15 @@ def test_a_run_resumed_across_stage_ends_equals_an_uninterrupted_one(tmp_path):
     assert [e["stage"] for e in train_log(tmp_path / "legs")] == \
         [e["stage"] for e in train_log(tmp_path / "whole")]
 
+
+def test_the_rate_holds_its_peak_while_binding_and_decays_from_the_families_start():
+    from kv_transition.reference.train import lr_at
+
+    cfg = smoke_config("unused", steps=100, warmup=4)
+    assert lr_at(cfg, 0, None) < lr_at(cfg, 3, None) == cfg.lr
+    assert lr_at(cfg, 60, None) == cfg.lr == lr_at(cfg, 39, 40)  # binding: the peak
+    decay = [lr_at(cfg, s, 40) for s in range(40, 100)]
+    assert decay[0] == cfg.lr and decay == sorted(decay, reverse=True)
+    assert abs(decay[-1] - cfg.lr * cfg.min_lr_frac) < 1e-4
+    # without binding stages the families start at 0: the cosine runs over the whole run
+    assert lr_at(cfg, 50, 0) < cfg.lr

@@ -55,10 +55,20 @@ class TrainConfig:
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
+def lr_at(cfg: TrainConfig, step: int, families_start: int | None = 0) -> float:
+    """Warm-up, then the peak while binding stages run (``families_start`` None: not yet
+    known), then a cosine from the families' start to the last step.
+
+    The binding stages end when the model binds, which is not known in advance, and a
+    plateau is left sooner at the peak rate than on a decaying one; so the decay starts
+    with the families.
+    """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.data.steps - cfg.warmup)
+    if families_start is None or step < families_start:
+        return cfg.lr
+    begin = max(cfg.warmup, families_start)
+    progress = (step - begin) / max(1, cfg.data.steps - begin)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cosine)
 
@@ -267,7 +277,7 @@ def _loop(cfg, model, opt, progress, device, out, max_minutes, log) -> bool:
     for batch in loader:
         step = progress["step"]
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
+            group["lr"] = lr_at(cfg, step, _families_start(batches))
         loss, correct, value_correct, value_count, first_correct, first_count = answer_loss(
             model, batch, device, values, cfg.lm_weight, pad)
         opt.zero_grad(set_to_none=True)
@@ -308,7 +318,7 @@ def _log_window(cfg, progress, window, length, out, log, batches) -> dict:
              "first_group_acc": round(float(window["first_correct"]) /
                                       max(1, int(window["first_count"])), 4),
              "stage": _stage_name(cfg, progress),
-             "lr": lr_at(cfg, progress["step"] - 1),
+             "lr": lr_at(cfg, progress["step"] - 1, _families_start(batches)),
              "context_tokens": length,
              "s_per_step": round((now - window["t"]) / steps, 3),
              "seconds": round(progress["seconds"], 1)}
@@ -319,6 +329,10 @@ def _log_window(cfg, progress, window, length, out, log, batches) -> dict:
     window.update(steps=0, loss=0.0, correct=0, count=0, value_correct=0, value_count=0,
                   first_correct=0, first_count=0, t=now)
     return entry
+
+
+def _families_start(batches) -> int | None:
+    return batches.families_start if batches.stages_done else None
 
 
 def _stage_name(cfg, progress) -> str:
