@@ -46,7 +46,7 @@ def _row(args, rng, encode, eos) -> tuple[list[int], list[bool], list[int], list
     """(ids, loss mask, positions predicting an answer's first digit group, and a repeated
     needle's) of one context + questions."""
     keys = rng.sample(vocab.KEYS, args.n_now)
-    values = [str(rng.randrange(10 ** 6, 10 ** 7)) for _ in keys]
+    values = [str(rng.randrange(10 ** (args.digits - 1), 10 ** args.digits)) for _ in keys]
     ruler = args.wording == "ruler" or (args.wording == "mixed" and rng.random() < 0.5)
     encode = functools.partial(encode, drop_space=args.no_space and not ruler)
     mixed_compact = args.wording == "mixed" and not ruler
@@ -55,7 +55,8 @@ def _row(args, rng, encode, eos) -> tuple[list[int], list[bool], list[int], list
     rng.shuffle(order)
     for i in order:
         k, v = keys[i], values[i]
-        lead = encode(f"The special magic number for {k} is:" if ruler else k)
+        lead = encode(f"The special magic number for {k} is:" if ruler else
+                      (f" {k}" if args.spaced_keys else k))
         value = encode(f" {v}. ")
         ids += lead
         mask += [args.lm] * len(lead)
@@ -136,6 +137,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="each needle appears this often in the context, in shuffled order; "
                          "the values of its repeats carry loss")
+    ap.add_argument("--digits", type=int, default=7,
+                    help="digits of a value (7 as the generator; 3 is one digit group)")
+    ap.add_argument("--spaced-keys", action="store_true",
+                    help="compact: write context keys as the questions do ('▁KEY', one token), "
+                         "so an answer matches the same token as a repeat")
     ap.add_argument("--lm", action="store_true", help="loss on every token, not only answers")
     ap.add_argument("--seed", type=int, default=0, help="seeds the weights and the data")
     ap.add_argument("--init-from", default=None,
