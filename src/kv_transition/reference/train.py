@@ -350,7 +350,8 @@ def _maybe_end_stage(cfg, batches, progress, entry, log) -> None:
         starts.append(progress["step"])
         progress["stage_starts"] = list(starts)
         why = (f"first digit groups {entry['first_group_acc']:.3f} >= {plan.binding_gate}"
-               if bound else f"{plan.binding_max_steps} steps without binding")
+               if bound else f"{plan.binding_max_steps} steps passed, first digit groups "
+               f"{entry['first_group_acc']:.3f} < {plan.binding_gate}")
         log(f"binding stage {plan.binding[len(starts) - 1]} ended at step {progress['step']}: "
             f"{why}")
 
