@@ -77,6 +77,7 @@ def test_stages_follow_the_recorded_starts_and_the_families_hold_from_their_star
     assert PLAN.length_cap(14, None, families_start=9) > 128
     assert batches.families_start == 9 and batches.stages_done
     assert not StepBatches(PLAN, stage_starts=[5]).stages_done
+    assert StepBatches(PLAN, stage_starts=[5]).families_start is None  # not known yet
 
 
 def test_a_stage_ends_when_its_first_groups_are_right_or_its_steps_run_out():

@@ -166,7 +166,10 @@ class StepBatches(torch.utils.data.Dataset):
         return len(self.stage_starts) >= len(self.plan.binding)
 
     @property
-    def families_start(self) -> int:
+    def families_start(self) -> int | None:
+        """The step the task families began at; None while binding stages still run."""
+        if not self.stages_done:
+            return None
         return self.stage_starts[len(self.plan.binding) - 1] if self.plan.binding else 0
 
     def __len__(self) -> int:

@@ -277,7 +277,7 @@ def _loop(cfg, model, opt, progress, device, out, max_minutes, log) -> bool:
     for batch in loader:
         step = progress["step"]
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step, _families_start(batches))
+            group["lr"] = lr_at(cfg, step, batches.families_start)
         loss, correct, value_correct, value_count, first_correct, first_count = answer_loss(
             model, batch, device, values, cfg.lm_weight, pad)
         opt.zero_grad(set_to_none=True)
@@ -317,8 +317,8 @@ def _log_window(cfg, progress, window, length, out, log, batches) -> dict:
                                       max(1, int(window["value_count"])), 4),
              "first_group_acc": round(float(window["first_correct"]) /
                                       max(1, int(window["first_count"])), 4),
-             "stage": _stage_name(cfg, progress),
-             "lr": lr_at(cfg, progress["step"] - 1, _families_start(batches)),
+             "stage": _stage_name(cfg, batches, progress["step"] - 1),
+             "lr": lr_at(cfg, progress["step"] - 1, batches.families_start),
              "context_tokens": length,
              "s_per_step": round((now - window["t"]) / steps, 3),
              "seconds": round(progress["seconds"], 1)}
@@ -331,13 +331,9 @@ def _log_window(cfg, progress, window, length, out, log, batches) -> dict:
     return entry
 
 
-def _families_start(batches) -> int | None:
-    return batches.families_start if batches.stages_done else None
-
-
-def _stage_name(cfg, progress) -> str:
-    """The stage of the step just logged: a binding wording, or ``families``."""
-    stage = cfg.data.stage_of(progress["step"] - 1, progress.get("stage_starts", []))
+def _stage_name(cfg, batches, step: int) -> str:
+    """The stage of ``step``: a binding wording, or ``families``."""
+    stage = cfg.data.stage_of(step, batches.stage_starts)
     return cfg.data.binding[stage] if stage < len(cfg.data.binding) else "families"
 
 
