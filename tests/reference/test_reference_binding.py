@@ -94,6 +94,24 @@ def test_a_stage_ends_when_its_first_groups_are_right_or_its_steps_run_out():
     assert batches.stage_starts == [10, progress["step"]] and "steps passed" in logs[1]
 
 
+def test_each_stage_has_its_own_gate_and_step_limit():
+    plan = DataPlan(**{**PLAN.__dict__, "binding_gate": (0.97, 0.9),
+                       "binding_max_steps": (20, 5)})
+    assert plan.stage_limits(0) == (0.97, 20) and plan.stage_limits(1) == (0.9, 5)
+    assert PLAN.stage_limits(1) == (PLAN.binding_gate, PLAN.binding_max_steps)  # one for all
+    cfg, logs = smoke_config("unused", steps=40), []
+    cfg.data = plan
+    batches, progress = StepBatches(plan), {"step": 10}
+    _maybe_end_stage(cfg, batches, progress, {"first_group_acc": 0.95}, logs.append)
+    assert batches.stage_starts == []  # 0.95 binds stage 2 (0.9), not stage 1 (0.97)
+    progress["step"] = 20
+    _maybe_end_stage(cfg, batches, progress, {"first_group_acc": 0.5}, logs.append)
+    assert batches.stage_starts == [20] and "20 steps passed" in logs[0]
+    progress["step"] = 22
+    _maybe_end_stage(cfg, batches, progress, {"first_group_acc": 0.92}, logs.append)
+    assert batches.stage_starts == [20, 22] and ">= 0.9" in logs[1]
+
+
 def test_first_group_accuracy_counts_only_a_values_leading_group():
     tok = word_tokenizer()
     ids, mask = binding_row(tok, random.Random(4), 2, 2, COMPACT)

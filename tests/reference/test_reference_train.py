@@ -80,7 +80,12 @@ def test_train_command_and_its_bad_input(tmp_path):
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "m" / "config.json").is_file()
     for bad, word in ((["--device", "tpu"], "--device"), (["--min-len", "10"], "--min-len"),
-                      (["--size", "huge"], "--size"), (["--save-dtype", "int3"], "--save-dtype")):
+                      (["--size", "huge"], "--size"), (["--save-dtype", "int3"], "--save-dtype"),
+                      (["--binding-gate", "0.9,0.8,0.7"], "--binding-gate"),
+                      (["--binding-gate", "1.5"], "--binding-gate"),
+                      (["--binding-max-steps", "10,x"], "--binding-max-steps"),
+                      (["--binding", "none", "--binding-max-steps", "5,5"],
+                       "--binding-max-steps")):
         result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "x"), *bad])
         assert result.exit_code == 2 and word in result.output, result.output
 

@@ -57,6 +57,24 @@ def _wordings(text: str) -> tuple[str, ...]:
     return names
 
 
+def _stage_limits(stages: tuple[str, ...], gate: str, max_steps: str) -> dict:
+    """``binding_gate``/``binding_max_steps``: a number, or a tuple with one per stage."""
+    def parse(option, text, kind, ok, allowed):
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or not all(ok(v) for v in values) or len(values) not in (1, len(stages)):
+            raise BadInput(f"{option} {text!r}: give {allowed}, one value or one per binding "
+                           f"stage ({len(stages)}: {','.join(stages) or 'none'}), separated "
+                           "by commas")
+        return values[0] if len(values) == 1 else values
+    return {"binding_gate": parse("--binding-gate", gate, float, lambda v: 0 < v <= 1,
+                                  "accuracies in (0, 1]"),
+            "binding_max_steps": parse("--binding-max-steps", max_steps, int, lambda v: v >= 1,
+                                       "whole numbers of steps >= 1")}
+
+
 @reference_app.command("train")
 def train_cmd(
         out: Path = typer.Option(..., "--out", help="Directory for the checkpoint and the model."),
@@ -87,10 +105,12 @@ def train_cmd(
         binding: str = typer.Option(
             "compact,ruler", help="Needle-only binding stages before the task families, in "
             "order (compact, ruler; 'none' for none): MODEL_CARD.md, 'Binding stages'."),
-        binding_gate: float = typer.Option(0.9, help="Accuracy of the answers' first digit "
-                                           "groups that ends a binding stage."),
-        binding_max_steps: int = typer.Option(4000, min=1, help="Steps after which a binding "
-                                              "stage ends even without binding."),
+        binding_gate: str = typer.Option(
+            "0.9", help="Accuracy of the answers' first digit groups that ends a binding "
+            "stage: one value, or one per stage separated by commas (e.g. 0.97,0.9)."),
+        binding_max_steps: str = typer.Option(
+            "4000", help="Steps after which a binding stage ends even without binding: one "
+            "value, or one per stage separated by commas."),
         resume: bool = typer.Option(False, help="Continue from --out's checkpoint."),
         max_minutes: Optional[float] = typer.Option(
             None, help="Checkpoint and stop after this many minutes; rerun with --resume."),
@@ -101,11 +121,12 @@ def train_cmd(
         from kv_transition.reference.dataset import DataPlan
         from kv_transition.reference.train import TrainConfig, train
 
+        stages = _wordings(binding)
         plan = DataPlan(seed=seed, steps=steps, tokens_per_step=tokens_per_step, min_len=min_len,
                         max_len=max_len, ramp_frac=ramp, short_len=short_len,
                         hold_frac=hold, gate_acc=gate_acc, repeat_spans=repeat_spans,
-                        binding=_wordings(binding), binding_gate=binding_gate,
-                        binding_max_steps=binding_max_steps)
+                        binding=stages, **_stage_limits(stages, binding_gate,
+                                                        binding_max_steps))
         cfg = TrainConfig(out=str(out), size=size, data=plan, lr=lr, warmup=warmup,
                           device=device, workers=workers, checkpoint_every=checkpoint_every,
                           log_every=log_every, save_dtype=save_dtype, lm_weight=lm_weight)

@@ -61,14 +61,22 @@ class DataPlan:
     family_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FAMILY_WEIGHTS))
     format_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FORMAT_WEIGHTS))
     # Binding stages before the families (reference/binding.py): needle-only rows in each
-    # wording in turn, each until the answers' first digit groups reach ``binding_gate`` in a
-    # log window or ``binding_max_steps`` have passed. Empty: the families from step 0.
+    # wording in turn, each until the answers' first digit groups reach its ``binding_gate`` in
+    # a log window or its ``binding_max_steps`` have passed. Empty: the families from step 0.
+    # Gate and steps are one value for every stage or a tuple with one per stage: the first
+    # stage is worth binding firmly (the second transfers from it), the second only until it
+    # binds, since its steps come out of the families' (recipe K, MODEL_CARD.md).
     binding: tuple[str, ...] = ()
     binding_needles: int = 4
     binding_repeats: int = 3
     binding_rows: int = 32
-    binding_gate: float = 0.9
-    binding_max_steps: int = 4000
+    binding_gate: float | tuple[float, ...] = 0.9
+    binding_max_steps: int | tuple[int, ...] = 4000
+
+    def stage_limits(self, stage: int) -> tuple[float, int]:
+        """(gate, max steps) of binding stage ``stage``."""
+        pick = lambda v: v[stage] if isinstance(v, (tuple, list)) else v  # noqa: E731
+        return pick(self.binding_gate), pick(self.binding_max_steps)
 
     def stage_of(self, step: int, stage_starts: list[int]) -> int:
         """Index of the stage batch ``step`` belongs to; ``len(binding)`` is the families.

@@ -341,13 +341,14 @@ def _maybe_end_stage(cfg, batches, progress, entry, log) -> None:
     """Move to the next binding stage (or to the families) once this one has bound."""
     plan, starts = cfg.data, batches.stage_starts
     began = starts[-1] if starts else 0
-    bound = entry["first_group_acc"] >= plan.binding_gate
-    if bound or progress["step"] - began >= plan.binding_max_steps:
+    gate, max_steps = plan.stage_limits(len(starts))
+    bound = entry["first_group_acc"] >= gate
+    if bound or progress["step"] - began >= max_steps:
         starts.append(progress["step"])
         progress["stage_starts"] = list(starts)
-        why = (f"first digit groups {entry['first_group_acc']:.3f} >= {plan.binding_gate}"
-               if bound else f"{plan.binding_max_steps} steps passed, first digit groups "
-               f"{entry['first_group_acc']:.3f} < {plan.binding_gate}")
+        why = (f"first digit groups {entry['first_group_acc']:.3f} >= {gate}" if bound else
+               f"{max_steps} steps passed, first digit groups "
+               f"{entry['first_group_acc']:.3f} < {gate}")
         log(f"binding stage {plan.binding[len(starts) - 1]} ended at step {progress['step']}: "
             f"{why}")
 
