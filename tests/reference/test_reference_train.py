@@ -85,7 +85,10 @@ def test_train_command_and_its_bad_input(tmp_path):
                       (["--binding-gate", "1.5"], "--binding-gate"),
                       (["--binding-max-steps", "10,x"], "--binding-max-steps"),
                       (["--binding", "none", "--binding-max-steps", "5,5"],
-                       "--binding-max-steps")):
+                       "--binding-max-steps"),
+                      (["--families", "niah_multikey:0"], "--families"),
+                      (["--families", "riddles:1"], "--families"),
+                      (["--init-from", str(tmp_path)], "--init-from")):
         result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "x"), *bad])
         assert result.exit_code == 2 and word in result.output, result.output
 
@@ -115,3 +118,33 @@ def test_install_refuses_a_model_trained_on_other_token_ids(smoke_model, tmp_pat
     (copy / SUMMARY).write_text(json.dumps(summary))
     with pytest.raises(BadInput, match="tokenizer_probe"):
         install(copy, tmp_path / "x")
+
+
+def test_init_from_starts_at_a_finished_runs_weights_and_records_them(smoke_model, tmp_path):
+    import json
+
+    import torch
+
+    from kv_transition.reference.train import _new_state
+
+    cfg = smoke_config(tmp_path / "second", steps=2, init_from=str(smoke_model))
+    model, _, progress = _new_state(cfg, torch.device("cpu"))
+    start = {k: v.half() for k, v in model.state_dict().items()}
+    saved = _weights(smoke_model)
+    assert progress["step"] == 0 and all((start[k] == saved[k]).all() for k in saved)
+    fresh, _, _ = _new_state(smoke_config(tmp_path / "fresh"), torch.device("cpu"))
+    assert not _same(saved, {k: v.half() for k, v in fresh.state_dict().items() if k in saved})
+    assert train(cfg, **QUIET)["done"]
+    summary = json.loads((tmp_path / "second" / SUMMARY).read_text())
+    first = json.loads((smoke_model / SUMMARY).read_text())
+    assert summary["init_from"]["steps_done"] == first["steps_done"]
+    assert len(summary["init_from"]["sha256"]) == 64
+
+
+def test_init_from_without_weights_or_of_another_shape_is_bad_input(smoke_model, tmp_path):
+    with pytest.raises(BadInput, match="--init-from .*model.safetensors"):
+        train(smoke_config(tmp_path / "a", init_from=str(tmp_path)), **QUIET)
+    other_shape = smoke_config(tmp_path / "b", init_from=str(smoke_model))
+    other_shape.size = "reference"
+    with pytest.raises(BadInput, match="do not fit the 'reference' shape"):
+        train(other_shape, **QUIET)

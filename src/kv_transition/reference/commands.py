@@ -57,6 +57,28 @@ def _wordings(text: str) -> tuple[str, ...]:
     return names
 
 
+def _families(text: str) -> dict[str, float]:
+    """``name:weight,...`` -> the data plan's family weights."""
+    # lazy: the data plan's module imports torch, which CLI start-up must not load
+    from kv_transition.reference.dataset import DEFAULT_FAMILY_WEIGHTS
+
+    weights = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, weight = item.partition(":")
+        try:
+            value = float(weight or 1)
+        except ValueError:
+            value = -1.0
+        if name not in DEFAULT_FAMILY_WEIGHTS or value <= 0:
+            raise BadInput(f"--families {text!r}: {item!r} is not NAME or NAME:WEIGHT with a "
+                           f"weight > 0; names: {', '.join(DEFAULT_FAMILY_WEIGHTS)}")
+        weights[name] = value
+    if not weights:
+        raise BadInput(f"--families {text!r}: name at least one of "
+                       f"{', '.join(DEFAULT_FAMILY_WEIGHTS)}")
+    return weights
+
+
 def _stage_limits(stages: tuple[str, ...], gate: str, max_steps: str) -> dict:
     """``binding_gate``/``binding_max_steps``: a number, or a tuple with one per stage."""
     def parse(option, text, kind, ok, allowed):
@@ -102,6 +124,9 @@ def train_cmd(
         checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
         log_every: int = typer.Option(25, help="Steps between log lines."),
         save_dtype: str = typer.Option("float16", help="dtype of the saved weights."),
+        families: Optional[str] = typer.Option(
+            None, help="Task families and their weights, e.g. niah_multikey:2,niah_multivalue:3 "
+            "(unset: the card's default mix; a family left out is not trained)."),
         binding: str = typer.Option(
             "compact,ruler", help="Needle-only binding stages before the task families, in "
             "order (compact, ruler; 'none' for none): MODEL_CARD.md, 'Binding stages'."),
@@ -111,6 +136,9 @@ def train_cmd(
         binding_max_steps: str = typer.Option(
             "4000", help="Steps after which a binding stage ends even without binding: one "
             "value, or one per stage separated by commas."),
+        init_from: Optional[Path] = typer.Option(
+            None, help="Start from a finished run's weights (its directory) instead of fresh "
+            "ones: the recipe's second, long-context run (MODEL_CARD.md)."),
         resume: bool = typer.Option(False, help="Continue from --out's checkpoint."),
         max_minutes: Optional[float] = typer.Option(
             None, help="Checkpoint and stop after this many minutes; rerun with --resume."),
@@ -122,14 +150,16 @@ def train_cmd(
         from kv_transition.reference.train import TrainConfig, train
 
         stages = _wordings(binding)
+        mix = {"family_weights": _families(families)} if families else {}
         plan = DataPlan(seed=seed, steps=steps, tokens_per_step=tokens_per_step, min_len=min_len,
                         max_len=max_len, ramp_frac=ramp, short_len=short_len,
                         hold_frac=hold, gate_acc=gate_acc, repeat_spans=repeat_spans,
                         binding=stages, **_stage_limits(stages, binding_gate,
-                                                        binding_max_steps))
+                                                        binding_max_steps), **mix)
         cfg = TrainConfig(out=str(out), size=size, data=plan, lr=lr, warmup=warmup,
                           device=device, workers=workers, checkpoint_every=checkpoint_every,
-                          log_every=log_every, save_dtype=save_dtype, lm_weight=lm_weight)
+                          log_every=log_every, save_dtype=save_dtype, lm_weight=lm_weight,
+                          init_from=str(init_from) if init_from else None)
         summary = train(cfg, resume=resume, max_minutes=max_minutes, log=_say)
         if summary["done"]:
             _say(f"model saved to {out} ({summary['steps_done']} steps, "

@@ -47,12 +47,37 @@ class TrainConfig:
     log_every: int = 25
     save_dtype: str = "float16"  # halves the committed size; the engine upcasts on load
     lm_weight: float = 0.5  # weight of the language-modelling auxiliary (answer_loss)
+    # A trained model's directory to start from instead of fresh weights: a second run that
+    # continues a first one's weights under another data plan (the CPU recipe's long-context
+    # run, MODEL_CARD.md). Its weights' hash is part of the identity, not its path.
+    init_from: str | None = None
 
     def identity(self) -> dict:
         """What must match for a checkpoint to be resumed (not device, workers, logging)."""
         keep = ("size", "data", "lr", "min_lr_frac", "warmup", "weight_decay", "grad_clip",
                 "lm_weight")
-        return {k: v for k, v in asdict(self).items() if k in keep}
+        same = {k: v for k, v in asdict(self).items() if k in keep}
+        return {**same, "init_from": init_source(self.init_from)["sha256"]} \
+            if self.init_from else same
+
+
+WEIGHTS = "model.safetensors"
+
+
+def init_source(path: str) -> dict:
+    """The starting weights of ``--init-from``: their hash and the run that made them."""
+    import hashlib
+
+    weights = Path(path) / WEIGHTS
+    if not weights.is_file():
+        raise BadInput(f"--init-from {path}: no {WEIGHTS}; point at the directory a finished "
+                       "training run saved")
+    summary = Path(path) / SUMMARY
+    made_by = json.loads(summary.read_text()) if summary.is_file() else {}
+    return {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "steps_done": made_by.get("steps_done"),
+            "train_seconds": made_by.get("train_seconds"),
+            "config": made_by.get("config")}
 
 
 def lr_at(cfg: TrainConfig, step: int, families_start: int | None = 0) -> float:
@@ -161,8 +186,24 @@ def _new_state(cfg: TrainConfig, device: torch.device):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(cfg.data.seed)
-    model = LlamaForCausalLM(model_config(cfg.size, word_tokenizer())).to(device)
+    model = LlamaForCausalLM(model_config(cfg.size, word_tokenizer()))
+    if cfg.init_from:
+        _load_weights(model, Path(cfg.init_from), cfg.size)
+    model = model.to(device)
     return model, _optimizer(model, cfg, device), {"step": 0, "seconds": 0.0}
+
+
+def _load_weights(model, path: Path, size: str) -> None:
+    from safetensors.torch import load_file
+
+    weights = {k: v.float() for k, v in load_file(path / WEIGHTS).items()}
+    if model.config.tie_word_embeddings and "model.embed_tokens.weight" in weights:
+        weights.setdefault("lm_head.weight", weights["model.embed_tokens.weight"])  # not saved
+    shapes = lambda state: {k: tuple(v.shape) for k, v in state.items()}  # noqa: E731
+    if shapes(weights) != shapes(model.state_dict()):
+        raise BadInput(f"--init-from {path}: its weights do not fit the {size!r} shape; "
+                       "train with the --size that made them")
+    model.load_state_dict(weights)
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device):
@@ -215,6 +256,8 @@ def _finish(out: Path, cfg: TrainConfig, model, progress: dict, device: torch.de
                "last_log": progress.get("last_log"), "torch": torch.__version__,
                "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                "tokenizer_probe": probe_ids(word_tokenizer())}
+    if cfg.init_from:
+        summary["init_from"] = init_source(cfg.init_from)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     (out / CHECKPOINT).unlink(missing_ok=True)  # never leave optimizer state beside the weights
     return summary
@@ -232,6 +275,8 @@ def _check(cfg: TrainConfig) -> None:
                        f"{plan.gate_acc}: each must lie in [0, 1]")
     if cfg.save_dtype not in _SAVE_DTYPES:
         raise BadInput(f"--save-dtype {cfg.save_dtype!r}: allowed: {', '.join(_SAVE_DTYPES)}")
+    if cfg.init_from:
+        init_source(cfg.init_from)  # BadInput when there are no weights to start from
 
 
 def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = None,
