@@ -17,6 +17,11 @@ def test_default_config_validates():
     assert s.engine.kind == "hf"
     assert s.kv.budgets == [1.0, 0.5, 0.2]
     assert s.kv.all_policies() == ["snapkv", "streamingllm"]
+    # the trained bundled model (issue 12): five bins up to 2,048 tokens, three or more of the
+    # families it solves, multi-key among them
+    assert s.model.name == "builtin:reference"
+    assert len(s.dataset.lengths) == 5 and max(s.dataset.lengths) >= 2048
+    assert len(s.dataset.tasks) >= 3 and "niah_multikey" in s.dataset.tasks
 
 
 def test_pinned_longbench_config_validates():
