@@ -9,6 +9,7 @@ and warns about any that are not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -66,8 +67,6 @@ WEIGHTS = "model.safetensors"
 
 def init_source(path: str) -> dict:
     """The starting weights of ``--init-from``: their hash and the run that made them."""
-    import hashlib
-
     weights = Path(path) / WEIGHTS
     if not weights.is_file():
         raise BadInput(f"--init-from {path}: no {WEIGHTS}; point at the directory a finished "
