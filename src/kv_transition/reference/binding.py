@@ -24,6 +24,7 @@ import random
 from kv_transition.data import prompt as prompt_tpl
 from kv_transition.data import vocab
 from kv_transition.data.synthetic import needle, single_key_question
+from kv_transition.reference.model import special_ids
 
 COMPACT, RULER = "compact", "ruler"
 WORDINGS = (COMPACT, RULER)
@@ -55,7 +56,7 @@ def binding_row(tok, rng: random.Random, needles: int, repeats: int,
     for i in rng.sample(range(needles), needles):
         question = ids_of(f" ? {keys[i]}" if compact else
                           "\n\n" + prompt_tpl.question_part(*single_key_question(keys[i])))
-        answer = ids_of(f" {values[i]}.") + [tok.token_to_id("</s>")]
+        answer = ids_of(f" {values[i]}.") + [special_ids(tok)["eos"]]
         ids += question + answer
         mask += [False] * len(question) + [True] * len(answer)
     return ids, mask

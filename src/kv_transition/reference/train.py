@@ -9,6 +9,7 @@ and warns about any that are not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -65,8 +66,12 @@ class TrainConfig:
 WEIGHTS = "model.safetensors"
 
 
+@functools.cache
 def init_source(path: str) -> dict:
-    """The starting weights of ``--init-from``: their hash and the run that made them."""
+    """The starting weights of ``--init-from``: their hash and the run that made them.
+
+    Read and hashed once per process: the identity is asked at every checkpoint.
+    """
     weights = Path(path) / WEIGHTS
     if not weights.is_file():
         raise BadInput(f"--init-from {path}: no {WEIGHTS}; point at the directory a finished "
