@@ -85,6 +85,20 @@ def test_length_cap_holds_short_then_grows_then_holds_and_batches_respect_it():
         assert PLAN.min_len <= int(ds[step]["context_tokens"]) <= PLAN.length_cap(step)
 
 
+def test_short_share_draws_that_share_of_steps_at_short_lengths():
+    base = dict(seed=3, steps=200, tokens_per_step=2000, min_len=96, short_len=120,
+                max_len=1000, hold_frac=0.0, ramp_frac=0.0, gate_acc=0.0,
+                family_weights={"niah_single": 1.0})
+    shared, plain = DataPlan(**base, short_share=0.5), DataPlan(**base)
+    lengths = lambda plan: [int(StepBatches(plan)[s]["context_tokens"])  # noqa: E731
+                            for s in range(1, 41)]
+    short = [n for n in lengths(shared) if n <= 120]
+    # uniform over [96, 1000] puts ~3% at or below 120; half the steps drawn short puts ~50%
+    assert 10 <= len(short) <= 30
+    assert sum(n <= 120 for n in lengths(plain)) <= 5
+    assert max(lengths(DataPlan(**base, short_share=1.0))) <= 120
+
+
 def _copies(tok, ex, seed, spans):
     ids, mask = build_sequence(tok, ex, [], random.Random(seed), spans)
     return ids, mask

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 from kv_transition.cli import app
 from kv_transition.engines import builtin
 from kv_transition.errors import BadInput
+from kv_transition.policy.spec import Setting
 from kv_transition.reference import evaluate as ev
 from kv_transition.reference import formats
 
@@ -42,6 +43,22 @@ def test_cells_count_every_request_and_score_with_the_projects_metric(smoke_mode
     assert all(c.n == 3 and 0.0 <= c.acc <= 1.0 and len(c.latencies) + c.errors == 3 for c in cells)
 
 
+def test_token_budgets_are_settings_and_one_longer_than_the_context_keeps_it_whole(
+        smoke_model, home):
+    settings = [Setting("full", 1.0), Setting("streamingllm", 4000.0),
+                Setting("streamingllm", 48.0)]
+    plan = ev.EvalPlan(model=str(smoke_model), lengths=[140], n=3, formats=["text"],
+                       max_tokens=4, tasks=["niah_single"], settings=settings)
+    cells = ev.evaluate(plan, home / "data" / "models", log=lambda _: None)
+    by_name = {c.setting: c for c in cells}
+    assert list(by_name) == ["full", "streamingllm@4000tok", "streamingllm@48tok"]
+    assert by_name["streamingllm@4000tok"].correct == by_name["full"].correct
+    result = _eval("--model", smoke_model, "--n", 1, "--lengths", "140", "--formats", "text",
+                   "--tasks", "niah_single", "--policies", "snapkv", "--budgets", "0.5,64",
+                   "--max-tokens", 2)
+    assert result.exit_code == 0 and "**snapkv@64tok**" in result.output, result.output
+
+
 def test_tasks_option_chooses_the_families(smoke_model, home):
     plan = ev.EvalPlan(model=str(smoke_model), lengths=[100], n=1, formats=["text"],
                        max_tokens=2, tasks=["variable_tracking"])
@@ -71,6 +88,7 @@ def test_card_block_is_replaced_and_a_card_without_markers_is_bad_input(tmp_path
     (["--lengths", "100,abc"], "--lengths"), (["--formats", "yaml"], "--formats"),
     (["--policies", "nosuch"], "nosuch"),
     (["--budgets", "1.5", "--policies", "snapkv"], "--budgets"),
+    (["--budgets", "0.2,2.5", "--policies", "snapkv"], "--budgets"),
     (["--dtype", "int4"], "--dtype"), (["--tasks", "niah_single,riddles"], "--tasks")])
 def test_eval_bad_arguments_exit_2(smoke_model, home, args, word):
     result = _eval("--model", smoke_model, "--n", 1, *args)

@@ -37,14 +37,16 @@ def _ints(option: str, text: str) -> list[int]:
     return values
 
 
-def _floats(option: str, text: str) -> list[float]:
+def _budgets(option: str, text: str) -> list[float]:
+    """Fractions in (0, 1] and token counts (whole numbers >= 2), as ``kv.budget_tokens``."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or not all(0 < v <= 1 for v in values):
-        raise BadInput(f"{option} {text!r}: give budgets in (0, 1] separated by commas, "
-                       "e.g. 0.5,0.2")
+    fine = lambda v: 0 < v <= 1 or (v >= 2 and v.is_integer())  # noqa: E731
+    if not values or not all(fine(v) for v in values):
+        raise BadInput(f"{option} {text!r}: give budgets separated by commas, each a fraction "
+                       "in (0, 1] or a whole number of tokens >= 2, e.g. 0.5,0.2,256")
     return values
 
 
@@ -116,6 +118,8 @@ def train_cmd(
                                          "later into it, loss on the copies (induction)."),
         ramp: float = typer.Option(0.5, help="Fraction of steps over which the length cap "
                                    "grows from --short-len to --max-len."),
+        short_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of steps drawn "
+                                          "no longer than --short-len whatever the cap."),
         lr: float = typer.Option(3e-3, help="Peak learning rate."),
         lm_weight: float = typer.Option(0.5, help="Weight of the language-modelling loss on "
                                         "the haystack and questions (0: answers only)."),
@@ -153,6 +157,7 @@ def train_cmd(
         mix = {"family_weights": _families(families)} if families else {}
         plan = DataPlan(seed=seed, steps=steps, tokens_per_step=tokens_per_step, min_len=min_len,
                         max_len=max_len, ramp_frac=ramp, short_len=short_len,
+                        short_share=short_share,
                         hold_frac=hold, gate_acc=gate_acc, repeat_spans=repeat_spans,
                         binding=stages, **_stage_limits(stages, binding_gate,
                                                         binding_max_steps), **mix)
@@ -191,7 +196,8 @@ def eval_cmd(
             help="Synthetic task families (the ones the reference model is trained on)."),
         policies: str = typer.Option(
             "", help="Compression policies to add, e.g. snapkv,streamingllm."),
-        budgets: str = typer.Option("0.5,0.2", help="Budgets for --policies."),
+        budgets: str = typer.Option("0.5,0.2", help="Budgets for --policies: fractions of the "
+                                     "cache kept, or whole numbers of tokens kept (256)."),
         query_aware: bool = typer.Option(False, help="Compress context and question together."),
         seed: int = typer.Option(0, help="Seed of the generated examples."),
         device: str = typer.Option("cpu", help="cpu, cuda or auto."),
@@ -205,7 +211,7 @@ def eval_cmd(
     """Full-cache (and optionally compressed) accuracy per task × length, as a Markdown table."""
     def step():
         settings = [Setting("full", 1.0)] + [Setting(p.strip(), b) for p in policies.split(",")
-                                             if p.strip() for b in _floats("--budgets", budgets)]
+                                             if p.strip() for b in _budgets("--budgets", budgets)]
         plan = ev.EvalPlan(model=model, lengths=_ints("--lengths", lengths), n=n, seed=seed,
                            formats=[f.strip() for f in formats_.split(",") if f.strip()],
                            settings=settings, device=device, dtype=dtype, query_aware=query_aware,

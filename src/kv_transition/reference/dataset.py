@@ -58,6 +58,11 @@ class DataPlan:
     hold_frac: float = 0.3
     gate_acc: float = 0.8
     repeat_spans: int = 2  # spans of each context copied later into it (reference/repeats.py)
+    # Share of family steps whose length is drawn from [min_len, short_len] whatever the cap:
+    # a uniform draw up to 2,304 tokens leaves the short bins ~7% of the steps, and four values
+    # packed into 128 tokens are where a multi-value answer mixes its values up (recipe L3).
+    # 0 draws nothing from the step's generator, so runs without it see the same batches.
+    short_share: float = 0.0
     family_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FAMILY_WEIGHTS))
     format_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FORMAT_WEIGHTS))
     # Binding stages before the families (reference/binding.py): needle-only rows in each
@@ -195,6 +200,8 @@ class StepBatches(torch.utils.data.Dataset):
         if stage < len(plan.binding):
             return self._binding_batch(rng, plan.binding[stage])
         cap = plan.length_cap(step, self.gate_step, self.families_start)
+        if plan.short_share and rng.random() < plan.short_share:
+            cap = min(cap, max(plan.short_len, plan.min_len))
         length = rng.randint(plan.min_len, cap)
         count = lambda text: len(self.tok.encode(text, add_special_tokens=False).ids)  # noqa: E731
         family = rng.choices(list(plan.family_weights), list(plan.family_weights.values()))[0]

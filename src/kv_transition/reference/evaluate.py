@@ -21,6 +21,7 @@ from kv_transition.data.synthetic import generate_examples
 from kv_transition.engines.base import EngineError, GenerationRequest
 from kv_transition.errors import BadInput
 from kv_transition.eval.metrics import score_prediction
+from kv_transition.kv.registry import budget_label
 from kv_transition.policy.spec import Setting, policy_spec
 from kv_transition.reference import formats, qa
 from kv_transition.settings import SYNTHETIC_TASKS, ModelConfig, PressConfig
@@ -73,7 +74,7 @@ class EvalPlan:
 
 
 def setting_name(policy: str, budget: float) -> str:
-    return "full" if budget >= 1.0 else f"{policy}@{budget:g}"
+    return "full" if budget == 1.0 else f"{policy}@{budget_label(budget).replace(' ', '')}"
 
 
 def _text_request(ex: Example, plan: EvalPlan, policy: str, budget: float):
