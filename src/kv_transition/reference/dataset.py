@@ -60,7 +60,7 @@ class DataPlan:
     repeat_spans: int = 2  # spans of each context copied later into it (reference/repeats.py)
     # Share of family steps whose length is drawn from [min_len, short_len] whatever the cap:
     # a uniform draw up to 2,304 tokens leaves the short bins ~7% of the steps, and four values
-    # packed into 128 tokens are where a multi-value answer mixes its values up (recipe L3).
+    # packed into 128 tokens are where a multi-value answer mixes its values up (recipe L, run 3).
     # 0 draws nothing from the step's generator, so runs without it see the same batches.
     short_share: float = 0.0
     family_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FAMILY_WEIGHTS))
