@@ -17,7 +17,7 @@ def test_default_config_validates():
     assert s.engine.kind == "hf"
     assert s.kv.budgets == [1.0, 0.5, 0.2]
     assert s.kv.all_policies() == ["snapkv", "streamingllm"]
-    # a fixed 256-token cache: whole in the two shortest bins, an eighth of the longest, so
+    # a fixed 256-token cache: whole in the shortest bin, an eighth of the longest, so
     # the default's compressed curve falls with length (fractions keep it flat, MODEL_CARD.md)
     assert s.kv.budget_tokens == [256] and s.dataset.lengths[:2] == [128, 256]
     # the trained bundled model (issue 12): five bins up to 2,048 tokens, three or more of the

@@ -89,6 +89,7 @@ def test_card_block_is_replaced_and_a_card_without_markers_is_bad_input(tmp_path
     (["--policies", "nosuch"], "nosuch"),
     (["--budgets", "1.5", "--policies", "snapkv"], "--budgets"),
     (["--budgets", "0.2,2.5", "--policies", "snapkv"], "--budgets"),
+    (["--budgets", "0.5,256", "--policies", "int8"], "budget_tokens applies to eviction"),
     (["--dtype", "int4"], "--dtype"), (["--tasks", "niah_single,riddles"], "--tasks")])
 def test_eval_bad_arguments_exit_2(smoke_model, home, args, word):
     result = _eval("--model", smoke_model, "--n", 1, *args)

@@ -21,10 +21,10 @@ from kv_transition.data.synthetic import generate_examples
 from kv_transition.engines.base import EngineError, GenerationRequest
 from kv_transition.errors import BadInput
 from kv_transition.eval.metrics import score_prediction
-from kv_transition.kv.registry import budget_label
-from kv_transition.policy.spec import Setting, policy_spec
+from kv_transition.kv.registry import budget_label, is_token_budget
+from kv_transition.policy.spec import Setting, check_policies
 from kv_transition.reference import formats, qa
-from kv_transition.settings import SYNTHETIC_TASKS, ModelConfig, PressConfig
+from kv_transition.settings import SYNTHETIC_TASKS, ModelConfig, PressConfig, QuantConfig
 
 TARGET_ACC = 0.95  # issue 3: full-cache accuracy on every task at every length
 # The families the CPU recipe trains (reference/dataset.py); variable tracking is not one.
@@ -142,8 +142,15 @@ def _check(plan: EvalPlan) -> None:
         raise BadInput(f"--formats {','.join(plan.formats)}: allowed: {', '.join(formats.FORMATS)}")
     if plan.dtype not in DTYPES:
         raise BadInput(f"--dtype {plan.dtype!r}: allowed: {', '.join(DTYPES)}")
-    for policy, _ in plan.settings:
-        policy_spec(policy)  # BadInput naming the allowed policies
+    # the config's own check of the grid: unknown policies, and token budgets on a quantized
+    # cache, whose widths only a fraction chooses, fail here instead of as a silent cell
+    fractions = [b for _, b in plan.settings if not is_token_budget(b)]
+    tokens = [int(b) for _, b in plan.settings if is_token_budget(b)]
+    try:
+        check_policies(list(dict.fromkeys(p for p, _ in plan.settings)), fractions,
+                       QuantConfig(), tokens)
+    except ValueError as exc:
+        raise BadInput(f"--policies / --budgets: {exc}") from None
 
 
 def evaluate(plan: EvalPlan, models_root: Path, log: Callable[[str], None] = print) -> list[Cell]:
