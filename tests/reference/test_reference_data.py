@@ -99,6 +99,46 @@ def test_short_share_draws_that_share_of_steps_at_short_lengths():
     assert max(lengths(DataPlan(**base, short_share=1.0))) <= 120
 
 
+def test_family_lengths_draw_a_familys_steps_from_its_own_range():
+    base = dict(seed=3, steps=200, tokens_per_step=2000, min_len=96, short_len=1000,
+                max_len=1000, hold_frac=0.0, ramp_frac=0.0, gate_acc=0.0)
+    multikey, single = {"niah_multikey": 1.0}, {"niah_single": 1.0}
+    ranges = {"niah_multikey": (800, 1000)}
+    lengths = lambda plan, steps: [int(StepBatches(plan)[s]["context_tokens"])  # noqa: E731
+                                   for s in steps]
+    ranged = lengths(DataPlan(**base, family_weights=multikey, family_lengths=ranges),
+                     range(1, 21))
+    assert min(ranged) >= 800
+    assert min(lengths(DataPlan(**base, family_weights=multikey), range(1, 21))) < 800
+    # a family without a range keeps the step's draw, and nothing extra is drawn: a plan
+    # without ranges sees the batches it always saw
+    for step in (1, 7):
+        plain = StepBatches(DataPlan(**base, family_weights=single))[step]["input_ids"]
+        other = StepBatches(DataPlan(**base, family_weights=single,
+                                     family_lengths=ranges))[step]["input_ids"]
+        assert torch.equal(plain, other)
+    # the cap still bounds a family's range (here while the curriculum holds at 120 tokens)
+    held = DataPlan(**{**base, "short_len": 120, "hold_frac": 1.0}, family_weights=multikey,
+                    family_lengths=ranges)
+    assert max(lengths(held, range(1, 6))) <= 120
+
+
+def test_log_drawn_ranges_give_every_doubling_of_length_the_same_share():
+    rng = random.Random(4)
+    draws = lambda how: [DataPlan(family_lengths={"niah_multivalue": (96, 2304)},  # noqa: E731
+                                  family_length_draw=how).family_length("niah_multivalue",
+                                                                        2304, rng)
+                         for _ in range(2000)]
+    log, uniform = draws("log"), draws("uniform")
+    assert min(log) >= 96 and max(log) <= 2304
+    # 96-384 is two doublings of the range's 4.6: ~44% of log draws, ~13% of uniform ones
+    assert 0.39 <= sum(n <= 384 for n in log) / 2000 <= 0.49
+    assert 0.09 <= sum(n <= 384 for n in uniform) / 2000 <= 0.17
+    assert 96 <= DataPlan(family_lengths={"niah_multivalue": (96, 2304)},
+                          family_length_draw="log").family_length("niah_multivalue", 100,
+                                                                  rng) <= 100
+
+
 def _copies(tok, ex, seed, spans):
     ids, mask = build_sequence(tok, ex, [], random.Random(seed), spans)
     return ids, mask

@@ -59,6 +59,22 @@ def test_token_budgets_are_settings_and_one_longer_than_the_context_keeps_it_who
     assert result.exit_code == 0 and "**snapkv@64tok**" in result.output, result.output
 
 
+def test_show_misses_prints_the_wrong_answers_under_the_tables(smoke_model, home):
+    # the untrained smoke model answers every needle wrong: each cell keeps its first two
+    result = _eval("--model", smoke_model, "--n", 3, "--lengths", "100", "--formats", "text",
+                   "--tasks", "niah_single,niah_multikey", "--max-tokens", 2,
+                   "--show-misses", 2)
+    assert result.exit_code == 0, result.output
+    assert "--show-misses 2" in result.output  # the printed command reproduces the list
+    misses = [line for line in result.output.splitlines() if line.startswith("- full niah_")]
+    assert len(misses) == 4 and all(" → `" in line for line in misses)
+    plan = ev.EvalPlan(model=str(smoke_model), lengths=[100], n=2, formats=["text"],
+                       max_tokens=2, tasks=["niah_single"])
+    cells = ev.evaluate(plan, home / "data" / "models", log=lambda _: None)
+    assert cells[0].misses == []  # kept only when asked for
+    assert "Wrong answers" not in ev.markdown(cells, plan, "cmd", "cpu")
+
+
 def test_tasks_option_chooses_the_families(smoke_model, home):
     plan = ev.EvalPlan(model=str(smoke_model), lengths=[100], n=1, formats=["text"],
                        max_tokens=2, tasks=["variable_tracking"])

@@ -88,6 +88,11 @@ def test_train_command_and_its_bad_input(tmp_path):
                        "--binding-max-steps"),
                       (["--families", "niah_multikey:0"], "--families"),
                       (["--families", "riddles:1"], "--families"),
+                      (["--family-lengths", "niah_multikey"], "--family-lengths"),
+                      (["--family-lengths", "niah_multikey:100-500"], "--family-lengths"),
+                      (["--family-length-draw", "cubic"], "--family-length-draw"),
+                      (["--families", "niah_single", "--family-lengths",
+                        "niah_multikey:100-110"], "--family-lengths"),
                       (["--init-from", str(tmp_path)], "--init-from")):
         result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "x"), *bad])
         assert result.exit_code == 2 and word in result.output, result.output

@@ -81,6 +81,19 @@ def _families(text: str) -> dict[str, float]:
     return weights
 
 
+def _family_lengths(text: str) -> dict[str, tuple[int, int]]:
+    """``name:low-high,...`` -> the data plan's per-family length ranges."""
+    ranges = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, span = item.partition(":")
+        low, _, high = span.partition("-")
+        if not (low.strip().isdigit() and high.strip().isdigit()):
+            raise BadInput(f"--family-lengths {text!r}: {item!r} is not NAME:LOW-HIGH in "
+                           "tokens, e.g. niah_multikey:1024-2304")
+        ranges[name] = (int(low), int(high))
+    return ranges
+
+
 def _stage_limits(stages: tuple[str, ...], gate: str, max_steps: str) -> dict:
     """``binding_gate``/``binding_max_steps``: a number, or a tuple with one per stage."""
     def parse(option, text, kind, ok, allowed):
@@ -120,6 +133,12 @@ def train_cmd(
                                    "grows from --short-len to --max-len."),
         short_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of steps drawn "
                                           "no longer than --short-len whatever the cap."),
+        family_lengths: str = typer.Option(
+            "", help="A family's own length range in place of the step's draw, e.g. "
+            "niah_multikey:1024-2304,niah_multivalue:96-1024 (the cap still applies)."),
+        family_length_draw: str = typer.Option(
+            "uniform", help="How --family-lengths ranges are drawn: uniform in tokens, or log "
+            "(every doubling of length the same share, as the length bins)."),
         lr: float = typer.Option(3e-3, help="Peak learning rate."),
         lm_weight: float = typer.Option(0.5, help="Weight of the language-modelling loss on "
                                         "the haystack and questions (0: answers only)."),
@@ -157,7 +176,8 @@ def train_cmd(
         mix = {"family_weights": _families(families)} if families else {}
         plan = DataPlan(seed=seed, steps=steps, tokens_per_step=tokens_per_step, min_len=min_len,
                         max_len=max_len, ramp_frac=ramp, short_len=short_len,
-                        short_share=short_share,
+                        short_share=short_share, family_lengths=_family_lengths(family_lengths),
+                        family_length_draw=family_length_draw,
                         hold_frac=hold, gate_acc=gate_acc, repeat_spans=repeat_spans,
                         binding=stages, **_stage_limits(stages, binding_gate,
                                                         binding_max_steps), **mix)
@@ -181,6 +201,7 @@ def _eval_command(plan, policies: str, budgets: str) -> str:
         args += ["--policies", policies, "--budgets", budgets]
     args += ["--query-aware"] if plan.query_aware else []
     args += ["--max-tokens", str(plan.max_tokens)] if plan.max_tokens else []
+    args += ["--show-misses", str(plan.show_misses)] if plan.show_misses else []
     args += ["--seed", str(plan.seed), "--device", plan.device, "--dtype", plan.dtype]
     return "kv-transition reference eval " + shlex.join(args)
 
@@ -204,6 +225,8 @@ def eval_cmd(
         dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
         max_tokens: Optional[int] = typer.Option(
             None, min=1, help="Cap on answer tokens (default: enough for each format)."),
+        show_misses: int = typer.Option(0, min=0, help="Wrong answers to print per cell "
+                                        "under the tables (gold and the model's answer)."),
         out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
         card: Optional[Path] = typer.Option(None, help="Also put the table into this model card "
                                             "between its reference-eval markers."),
@@ -215,7 +238,7 @@ def eval_cmd(
         plan = ev.EvalPlan(model=model, lengths=_ints("--lengths", lengths), n=n, seed=seed,
                            formats=[f.strip() for f in formats_.split(",") if f.strip()],
                            settings=settings, device=device, dtype=dtype, query_aware=query_aware,
-                           max_tokens=max_tokens,
+                           max_tokens=max_tokens, show_misses=show_misses,
                            tasks=[t.strip() for t in tasks.split(",") if t.strip()])
         cells = ev.evaluate(plan, paths.models_dir(paths.home(_state["home"])), log=_say)
         table = ev.markdown(cells, plan, _eval_command(plan, policies, budgets),

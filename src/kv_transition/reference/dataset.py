@@ -17,6 +17,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from kv_transition.reference import binding, formats, qa, repeats
 from kv_transition.reference.model import digit_ids, special_ids, word_tokenizer
 
 IGNORE = -100  # label of tokens without loss (torch's cross_entropy ignore_index)
+LENGTH_DRAWS = ("uniform", "log")  # DataPlan.family_length_draw
 
 # The CPU recipe's families (MODEL_CARD.md, "Training"): the key -> value retrieval tasks.
 # Multi-key weighs most: it asks four questions of one context, the densest supervision, and
@@ -63,6 +65,15 @@ class DataPlan:
     # packed into 128 tokens are where a multi-value answer mixes its values up (recipe L, run 3).
     # 0 draws nothing from the step's generator, so runs without it see the same batches.
     short_share: float = 0.0
+    # A family's own length range, drawn in place of the step's length (the cap still bounds
+    # it): multi-key errs at the longest bin and multi-value at the shortest, which one
+    # shared distribution cannot both serve (recipe M). Empty draws nothing extra, so older
+    # runs see the same batches.
+    family_lengths: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # How a range is drawn: "uniform" in tokens, or "log" (uniform in log length), which gives
+    # every doubling the same share as the length bins do: a range of [96, 2,304] then puts 44%
+    # of its steps at 384 tokens or less and 26% at 1,024 or more.
+    family_length_draw: str = "uniform"
     family_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FAMILY_WEIGHTS))
     format_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FORMAT_WEIGHTS))
     # Binding stages before the families (reference/binding.py): needle-only rows in each
@@ -104,6 +115,16 @@ class DataPlan:
         ramp = max(1.0, self.ramp_frac * self.steps)
         grown = min(1.0, max(0.0, step - self.ramp_start(gate_step, families_start)) / ramp)
         return round(start + (self.max_len - start) * grown)
+
+    def family_length(self, family: str, cap: int, rng: random.Random) -> int:
+        """A length from ``family``'s own range, no longer than ``cap``."""
+        low, high = self.family_lengths[family]
+        high = min(high, cap)
+        low = min(low, high)
+        if self.family_length_draw == "log":
+            return min(high, max(low, round(math.exp(rng.uniform(math.log(low),
+                                                                  math.log(high))))))
+        return rng.randint(low, high)
 
     def step_rng(self, step: int) -> random.Random:
         return random.Random(f"{self.seed}-reference-train-{step}")
@@ -207,6 +228,8 @@ class StepBatches(torch.utils.data.Dataset):
         family = rng.choices(list(plan.family_weights), list(plan.family_weights.values()))[0]
         if family == RECALL:
             return self._recall_batch(step, rng)
+        if family in plan.family_lengths:
+            length = plan.family_length(family, cap, rng)
         sequences = []
         for j in range(max(1, plan.tokens_per_step // length)):
             example = _generate(family, step, j, length, plan.seed, rng.random(), count)

@@ -9,6 +9,7 @@ executed, and must return exactly the gold value(s) (``formats.score_functional`
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import time
@@ -49,6 +50,7 @@ class Cell:
     valid: int = 0        # functional formats: answers that parse as the format
     errors: int = 0       # engine errors (scored 0)
     latencies: list[float] = field(default_factory=list)
+    misses: list[tuple[str, str]] = field(default_factory=list)  # (gold, answer), first few
 
     @property
     def acc(self) -> float:
@@ -68,6 +70,7 @@ class EvalPlan:
     query_aware: bool = False
     max_tokens: int | None = None  # caps every format's answer; None: MAX_TOKENS
     tasks: list[str] = field(default_factory=lambda: list(TRAINED_TASKS))
+    show_misses: int = 0  # wrong answers kept per cell, printed under the tables
 
     def cap(self, fmt: str) -> int:
         return min(MAX_TOKENS[fmt], self.max_tokens or MAX_TOKENS[fmt])
@@ -114,6 +117,8 @@ def _run_cell(engine, cell: Cell, examples: list[Example], plan: EvalPlan, polic
             cell.errors += 1
             continue
         acc, valid = score(result.text)
+        if acc < 1 and len(cell.misses) < plan.show_misses:
+            cell.misses.append((", ".join(ex.answers), result.text))
         cell.correct += acc
         cell.valid += valid
         cell.latencies.append(result.latency_s or 0.0)
@@ -230,7 +235,20 @@ def markdown(cells: list[Cell], plan: EvalPlan, command: str, hardware: str) -> 
     for setting in dict.fromkeys(c.setting for c in cells):
         lines += ["", f"**{setting}**", ""]
         lines += _table([c for c in cells if c.setting == setting], plan.lengths)
+    if plan.show_misses:
+        lines += _misses(cells, plan.show_misses)
     return "\n".join(lines) + "\n"
+
+
+def _misses(cells: list[Cell], most: int) -> list[str]:
+    """The kept wrong answers, so what a model gets wrong can be read, not guessed."""
+    lines = ["", f"**Wrong answers** (the first {most} of each cell; gold → answer)", ""]
+    for cell in cells:
+        for gold, answer in cell.misses:
+            shown = json.dumps(answer.strip())[1:-1].replace("`", "'")
+            lines.append(f"- {cell.setting} {cell.task} {cell.fmt} {cell.length}: "
+                         f"`{gold}` → `{shown}`")
+    return lines if len(lines) > 3 else lines + ["none"]
 
 
 def update_card(card: Path, table: str) -> None:

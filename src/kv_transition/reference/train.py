@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from kv_transition.errors import BadInput
-from kv_transition.reference.dataset import IGNORE, DataPlan, StepBatches
+from kv_transition.reference.dataset import IGNORE, LENGTH_DRAWS, DataPlan, StepBatches
 from kv_transition.reference.model import (digit_ids, hardware, model_config, probe_ids,
                                            save_tokenizer, special_ids, word_tokenizer)
 
@@ -277,6 +277,14 @@ def _check(cfg: TrainConfig) -> None:
     if not (0 <= plan.hold_frac <= 1 and 0 <= plan.ramp_frac <= 1 and 0 <= plan.gate_acc <= 1):
         raise BadInput(f"--hold {plan.hold_frac}, --ramp {plan.ramp_frac}, --gate-acc "
                        f"{plan.gate_acc}: each must lie in [0, 1]")
+    for family, (low, high) in plan.family_lengths.items():
+        if family not in plan.family_weights or not plan.min_len <= low <= high <= plan.max_len:
+            raise BadInput(f"--family-lengths {family}:{low}-{high}: need a trained family "
+                           f"({', '.join(plan.family_weights)}) and min-len {plan.min_len} <= "
+                           f"low <= high <= max-len {plan.max_len}")
+    if plan.family_length_draw not in LENGTH_DRAWS:
+        raise BadInput(f"--family-length-draw {plan.family_length_draw!r}: allowed: "
+                       f"{', '.join(LENGTH_DRAWS)}")
     if cfg.save_dtype not in _SAVE_DTYPES:
         raise BadInput(f"--save-dtype {cfg.save_dtype!r}: allowed: {', '.join(_SAVE_DTYPES)}")
     if cfg.init_from:
