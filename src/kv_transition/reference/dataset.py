@@ -228,7 +228,8 @@ class StepBatches(torch.utils.data.Dataset):
         family = rng.choices(list(plan.family_weights), list(plan.family_weights.values()))[0]
         if family == RECALL:
             return self._recall_batch(step, rng)
-        if family in plan.family_lengths:
+        if family in plan.family_lengths:  # drawn after the step's length, which stays drawn
+            # so that every later draw of a plan without ranges is the one it always was
             length = plan.family_length(family, cap, rng)
         sequences = []
         for j in range(max(1, plan.tokens_per_step // length)):
