@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kv_transition.cli import app
+from kv_transition.data.normalize import Example
 from kv_transition.engines import builtin
 from kv_transition.errors import BadInput
 from kv_transition.policy.spec import Setting
@@ -66,13 +67,31 @@ def test_show_misses_prints_the_wrong_answers_under_the_tables(smoke_model, home
                    "--show-misses", 2)
     assert result.exit_code == 0, result.output
     assert "--show-misses 2" in result.output  # the printed command reproduces the list
-    misses = [line for line in result.output.splitlines() if line.startswith("- full niah_")]
-    assert len(misses) == 4 and all(" → `" in line for line in misses)
+    lines = result.output.splitlines()
+    misses = [line for line in lines if line.startswith("- full niah_") and " → `" in line]
+    assert len(misses) == 4 and all("(deepest needle at depth 0." in line for line in misses)
+    # then every example by its needle's depth: three evenly spaced depths, all answered wrong
+    by_depth = lines[lines.index(next(x for x in lines if x.startswith("**Wrong answers by"))):]
+    assert "- full niah_single text 100: 0.1-0.2: 1/1, 0.5-0.6: 1/1, 0.8-0.9: 1/1" in by_depth
     plan = ev.EvalPlan(model=str(smoke_model), lengths=[100], n=2, formats=["text"],
                        max_tokens=2, tasks=["niah_single"])
     cells = ev.evaluate(plan, home / "data" / "models", log=lambda _: None)
     assert cells[0].misses == []  # kept only when asked for
     assert "Wrong answers" not in ev.markdown(cells, plan, "cmd", "cpu")
+
+
+def test_misses_are_counted_by_the_depth_of_the_deepest_needle_the_answer_needs():
+    single = Example("s", "q", "c", ["1"], {"task": "niah_single", "depth": 0.35})
+    multikey = Example("k", "q", "c", ["1"], {"task": "niah_multikey", "depth": 0.1,
+                                              "depths": [0.1, 0.35, 0.6, 0.85]})
+    multivalue = Example("v", "q", "c", ["1"], {"task": "niah_multivalue",
+                                                "depths": [0.4, 0.65, 0.9, 0.15]})
+    assert ev.answer_depth(single) == 0.35
+    assert ev.answer_depth(multikey) == 0.1  # the asked needle, not the deepest distractor
+    assert ev.answer_depth(multivalue) == 0.9  # every value is asked: the deepest counts
+    assert ev.answer_depth(Example("x", "q", "c", ["1"], {"task": "qa"})) is None
+    outcomes = [(0.92, True), (0.97, False), (0.999, True), (0.41, False), (0.0, True)]
+    assert ev._by_depth(outcomes) == "0.0-0.1: 1/1, 0.4-0.5: 0/1, 0.9-1.0: 2/3"
 
 
 def test_tasks_option_chooses_the_families(smoke_model, home):

@@ -226,7 +226,8 @@ def eval_cmd(
         max_tokens: Optional[int] = typer.Option(
             None, min=1, help="Cap on answer tokens (default: enough for each format)."),
         show_misses: int = typer.Option(0, min=0, help="Wrong answers to print per cell "
-                                        "under the tables (gold and the model's answer)."),
+                                        "under the tables (gold, the model's answer, the needle "
+                                        "depth), then each cell's misses by depth."),
         out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
         card: Optional[Path] = typer.Option(None, help="Also put the table into this model card "
                                             "between its reference-eval markers."),

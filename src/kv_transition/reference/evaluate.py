@@ -50,7 +50,9 @@ class Cell:
     valid: int = 0        # functional formats: answers that parse as the format
     errors: int = 0       # engine errors (scored 0)
     latencies: list[float] = field(default_factory=list)
-    misses: list[tuple[str, str]] = field(default_factory=list)  # (gold, answer), first few
+    misses: list[tuple[str, str, float | None]] = field(default_factory=list)  # first few
+    # (depth of the answer's deepest needle, scored < 1) per example: where misses sit
+    outcomes: list[tuple[float, bool]] = field(default_factory=list)
 
     @property
     def acc(self) -> float:
@@ -103,6 +105,18 @@ def _functional_request(ex: Example, fmt: str, plan: EvalPlan, policy: str, budg
     return req, score
 
 
+def answer_depth(ex: Example) -> float | None:
+    """Depth of the asked needle, or of the deepest needle the answer needs (several asked).
+
+    Multi-key's ``depth`` is its asked needle (the others are distractors); multi-value,
+    multi-query and variable tracking need every needle they list in ``depths``.
+    """
+    if "depth" in ex.meta:
+        return float(ex.meta["depth"])
+    depths = ex.meta.get("depths")
+    return max(depths) if depths else None
+
+
 def _run_cell(engine, cell: Cell, examples: list[Example], plan: EvalPlan, policy: str,
               budget: float) -> None:
     for ex in examples:
@@ -117,8 +131,11 @@ def _run_cell(engine, cell: Cell, examples: list[Example], plan: EvalPlan, polic
             cell.errors += 1
             continue
         acc, valid = score(result.text)
+        depth = answer_depth(ex)
+        if depth is not None:
+            cell.outcomes.append((depth, acc < 1))
         if acc < 1 and len(cell.misses) < plan.show_misses:
-            cell.misses.append((", ".join(ex.answers), result.text))
+            cell.misses.append((", ".join(ex.answers), result.text, depth))
         cell.correct += acc
         cell.valid += valid
         cell.latencies.append(result.latency_s or 0.0)
@@ -244,11 +261,28 @@ def _misses(cells: list[Cell], most: int) -> list[str]:
     """The kept wrong answers, so what a model gets wrong can be read, not guessed."""
     lines = ["", f"**Wrong answers** (the first {most} of each cell; gold → answer)", ""]
     for cell in cells:
-        for gold, answer in cell.misses:
+        for gold, answer, depth in cell.misses:
             shown = json.dumps(answer.strip())[1:-1].replace("`", "'")
+            where = "" if depth is None else f" (deepest needle at depth {depth:.2f})"
             lines.append(f"- {cell.setting} {cell.task} {cell.fmt} {cell.length}: "
-                         f"`{gold}` → `{shown}`")
-    return lines if len(lines) > 3 else lines + ["none"]
+                         f"`{gold}` → `{shown}`{where}")
+    if len(lines) == 3:
+        return lines + ["none"]
+    by_depth = [f"- {c.setting} {c.task} {c.fmt} {c.length}: {_by_depth(c.outcomes)}"
+                for c in cells if any(wrong for _, wrong in c.outcomes)]
+    return lines + ["", "**Wrong answers by the depth of the answer's deepest needle** "
+                    "(tenths of the context; wrong / examples)", "", *by_depth]
+
+
+def _by_depth(outcomes: list[tuple[float, bool]]) -> str:
+    """'0.7-0.8: 1/20, ...' over the tenths that hold examples (depth 1.0 joins 0.9-1.0)."""
+    tenths: dict[int, list[int]] = {}
+    for depth, wrong in outcomes:
+        counts = tenths.setdefault(min(int(depth * 10), 9), [0, 0])
+        counts[0] += wrong
+        counts[1] += 1
+    return ", ".join(f"{t / 10:.1f}-{(t + 1) / 10:.1f}: {w}/{n}"
+                     for t, (w, n) in sorted(tenths.items()))
 
 
 def update_card(card: Path, table: str) -> None:

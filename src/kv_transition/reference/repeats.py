@@ -13,7 +13,10 @@ copied later into it, with loss on the predictable part of each copy:
   it can, digits included. Needles are never copied in multi-value contexts, where a second
   value for the same key would be a new answer, not a repeat.
 
-Evaluation contexts have no copies; the copies only teach the attention pattern.
+Evaluation contexts have no copies; the copies only teach the attention pattern. Once
+retrieval has formed they cost more than they teach: the recipe's last run trains without them
+(``--repeat-spans 0``), which mended multi-value answers whose last needle sits at the end of
+the context (MODEL_CARD.md, recipe N).
 """
 
 from __future__ import annotations
