@@ -131,14 +131,19 @@ def _run_cell(engine, cell: Cell, examples: list[Example], plan: EvalPlan, polic
             cell.errors += 1
             continue
         acc, valid = score(result.text)
-        depth = answer_depth(ex)
-        if depth is not None:
-            cell.outcomes.append((depth, acc < 1))
-        if acc < 1 and len(cell.misses) < plan.show_misses:
-            cell.misses.append((", ".join(ex.answers), result.text, depth))
+        if plan.show_misses:  # kept, like the misses, only when they are printed
+            _keep_outcome(cell, ex, result.text, acc, plan.show_misses)
         cell.correct += acc
         cell.valid += valid
         cell.latencies.append(result.latency_s or 0.0)
+
+
+def _keep_outcome(cell: Cell, ex: Example, answer: str, acc: float, most: int) -> None:
+    depth = answer_depth(ex)
+    if depth is not None:
+        cell.outcomes.append((depth, acc < 1))
+    if acc < 1 and len(cell.misses) < most:
+        cell.misses.append((", ".join(ex.answers), answer, depth))
 
 
 def _engine(plan: EvalPlan, models_root: Path):
